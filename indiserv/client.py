@@ -1,0 +1,101 @@
+"""
+Client links: TCP (or unix socket) connections from INDI clients.
+
+KStars, PHD2, indi_getprop and scripts connect here.  The factory enforces
+the connection limit; each connection is a L{Link} whose bad input closes
+it, because a client that sends malformed XML cannot be trusted to be in
+step with the stream any more.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from indiserv import wire
+from indiserv.link import CLIENT, Link
+from indiserv.router import Router
+from indiserv.wire import WireError
+
+__all__ = ["ClientProtocol", "ClientFactory", "DEFAULT_MAX_CLIENT_ELEMENT"]
+
+#: Clients send commands, not camera frames: a much smaller element limit.
+DEFAULT_MAX_CLIENT_ELEMENT = 16 * 1024 * 1024
+
+
+def describe(address: IAddress) -> str:
+    """A short form of a peer address for logs: C{host:port} or the socket path."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"  # type: ignore[attr-defined]
+    name = getattr(address, "name", None)
+    return name.decode() if isinstance(name, bytes) else str(name or address)
+
+
+class ClientProtocol(Protocol, Link):
+    """One connected INDI client."""
+
+    log = Logger()
+    kind = CLIENT
+    max_element = DEFAULT_MAX_CLIENT_ELEMENT
+    factory: ClientFactory
+
+    def __init__(self) -> None:
+        Link.__init__(self)
+        self.label = "client"
+
+    def connectionMade(self) -> None:
+        self.label = f"client {describe(self.transport.getPeer())}"
+        if ITCPTransport.providedBy(self.transport):
+            # A new*Vector round trip should cost microseconds, not Nagle's 40 ms.
+            self.transport.setTcpNoDelay(True)
+        factory = self.factory
+        if len(factory.router.clients) >= factory.maxconnections:
+            self.log.warn(
+                "refused {client}: the server is full ({limit} connections)",
+                client=self.label,
+                limit=factory.maxconnections,
+            )
+            self.transport.write(
+                wire.message(
+                    f"The server is full ({factory.maxconnections} connections);"
+                    " try again later"
+                ).raw
+            )
+            self.transport.loseConnection()
+            return
+        factory.router.add_link(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.router is not None:
+            self.bytes_received(data)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def wire_error(self, error: WireError) -> bool:
+        self.log.warn(
+            "disconnecting {client}: {reason}", client=self.label, reason=error.reason
+        )
+        router = self.router
+        if router is not None:
+            router.remove_link(self)
+        self.transport.write(wire.message(f"Disconnected: {error.reason}").raw)
+        self.transport.loseConnection()
+        return False
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.router is not None:
+            self.router.remove_link(self)
+
+
+class ClientFactory(Factory):
+    """Makes L{ClientProtocol}s, up to C{maxconnections} at once."""
+
+    protocol = ClientProtocol
+
+    def __init__(self, router: Router, maxconnections: int = 10):
+        self.router = router
+        self.maxconnections = maxconnections

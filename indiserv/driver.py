@@ -1,0 +1,199 @@
+"""
+Executable drivers: programs that speak INDI on their stdin and stdout.
+
+Any language will do; indilib's C++ drivers are the common case.  Each
+running program is a L{DriverProcessProtocol} (a L{Link}); the
+L{DriverService} that owns it starts the program with the server and stops
+it with the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Sequence
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from indiserv import wire
+from indiserv.link import DRIVER, Link
+from indiserv.router import Router
+from indiserv.wire import WireError
+
+__all__ = ["DriverProcessProtocol", "DriverService", "DriverNotFound", "find_driver"]
+
+#: A driver's stderr line longer than this is logged in pieces.
+MAX_STDERR_LINE = 64 * 1024
+#: Seconds a driver gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 5.0
+
+
+class DriverNotFound(Exception):
+    """The driver program is neither a path to an executable nor on PATH."""
+
+
+def find_driver(program: str) -> str:
+    """
+    The full path of C{program}, looked up on PATH unless it names a path.
+
+    @raise DriverNotFound: there is no such executable.
+    """
+    if os.sep in program:
+        if os.access(program, os.X_OK) and os.path.isfile(program):
+            return os.path.abspath(program)
+    else:
+        found = shutil.which(program)
+        if found is not None:
+            return found
+    raise DriverNotFound(f"driver {program!r} is not an executable on PATH")
+
+
+class DriverProcessProtocol(ProcessProtocol, Link):
+    """The pipes of one running driver program, as a link."""
+
+    log = Logger()
+    kind = DRIVER
+
+    def __init__(self, router: Router, name: str):
+        Link.__init__(self)
+        self.router_to_join = router
+        self.name = name
+        self.label = f"driver {name}"
+        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        self._stderr = bytearray()
+
+    def connectionMade(self) -> None:
+        self.router_to_join.add_link(self)
+        # Ask for its definitions, as indiserver does when a driver starts.
+        self.write(wire.get_properties().raw)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def outReceived(self, data: bytes) -> None:
+        self.bytes_received(data)
+
+    def errReceived(self, data: bytes) -> None:
+        buffer = self._stderr
+        buffer += data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_STDERR_LINE:
+                    end = MAX_STDERR_LINE
+                else:
+                    return
+            self._log_stderr(bytes(buffer[:end]))
+            del buffer[: end + 1]
+
+    def _log_stderr(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        if text:
+            self.log.info("{driver}: {line}", driver=self.name, line=text)
+
+    def wire_error(self, error: WireError) -> bool:
+        self.log.warn(
+            "{driver} wrote bad INDI ({reason}); skipped to its next message",
+            driver=self.name,
+            reason=error.reason,
+        )
+        return True
+
+    def processExited(self, reason: Failure) -> None:
+        """The program is gone; its pipes may still drain into L{processEnded}."""
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._stderr:
+            self._log_stderr(bytes(self._stderr))
+            self._stderr.clear()
+        if reason.check(ProcessDone):
+            how = "exited"
+        else:
+            how = str(reason.value).rstrip(".")
+        self.log.info("{driver} stopped: {how}", driver=self.name, how=how)
+        if self.router is not None:
+            self.router.remove_link(self, f"Driver {self.name} stopped: {how}")
+        self.ended.callback(reason)
+
+
+class DriverService(Service):
+    """
+    Runs one executable driver while the service runs.
+
+    @ivar program: the name or path given by the user.
+    @ivar args: its command-line arguments.
+    @ivar protocol: the link of the running program, if it runs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        router: Router,
+        program: str,
+        args: Sequence[str] = (),
+        reactor: Any = None,
+        env: dict[str, str] | None = None,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.router = router
+        self.program = program
+        self.args = list(args)
+        self.reactor = reactor
+        self.env = env
+        self.name = os.path.basename(program)
+        self.protocol: DriverProcessProtocol | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.spawn()
+
+    def spawn(self) -> None:
+        """Start the program, on pipes (not a socket: see DESIGN.md)."""
+        try:
+            executable = find_driver(self.program)
+        except DriverNotFound as e:
+            self.log.error("cannot start {driver}: {why}", driver=self.name, why=e)
+            self.router.send_message(f"Driver {self.name} could not start: {e}")
+            return
+        protocol = DriverProcessProtocol(self.router, self.name)
+        env = dict(os.environ if self.env is None else self.env)
+        self.reactor.spawnProcess(
+            protocol,
+            executable,
+            [self.program, *self.args],
+            env=env,
+            childFDs={0: "w", 1: "r", 2: "r"},
+        )
+        self.protocol = protocol
+        self.router.event("started {driver}", driver=self.name)
+        protocol.ended.addCallback(self._ended, protocol)
+
+    def _ended(self, reason: Failure, protocol: DriverProcessProtocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        protocol = self.protocol
+        if protocol is None or protocol.transport is None:
+            return None
+        ended = defer.Deferred()
+        protocol.ended.addBoth(lambda _: ended.callback(None))
+        kill = self.reactor.callLater(STOP_TIMEOUT, self._signal, protocol, "KILL")
+        ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
+        self._signal(protocol, "TERM")
+        return ended
+
+    def _signal(self, protocol: DriverProcessProtocol, name: str) -> None:
+        try:
+            protocol.transport.signalProcess(name)
+        except ProcessExitedAlready:
+            pass

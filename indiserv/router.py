@@ -1,0 +1,332 @@
+"""
+The router: the one place that decides who receives each INDI message.
+
+Links hand it messages; it keeps the few facts routing needs (which link
+owns which device, who snoops what, each link's BLOB policy) and calls
+C{send} on the receivers.  The table it implements is in PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from indiserv import wire
+from indiserv.link import CLIENT, DRIVER, REMOTE, Link
+from indiserv.wire import Message
+
+__all__ = ["Router", "KEEPALIVE_TEXT"]
+
+KEEPALIVE_TEXT = "Keep alive message"
+
+# The families of top-level tags, as routing sees them.
+_DEVICE_TRAFFIC = "device traffic"
+_COMMAND = "command"
+_tag_family: dict[str, str] = {
+    "getProperties": "getProperties",
+    "enableBLOB": "enableBLOB",
+    "pingRequest": "pingRequest",
+    "pingReply": "pingReply",
+    "message": _DEVICE_TRAFFIC,
+    "delProperty": _DEVICE_TRAFFIC,
+}
+for _kind in ("Text", "Number", "Switch", "Light", "BLOB"):
+    _tag_family[f"def{_kind}Vector"] = _DEVICE_TRAFFIC
+    _tag_family[f"set{_kind}Vector"] = _DEVICE_TRAFFIC
+    if _kind != "Light":
+        _tag_family[f"new{_kind}Vector"] = _COMMAND
+
+
+class Router(Service):
+    """
+    Routes messages between clients, drivers and remote servers.
+
+    @ivar owners: device name to the link that first announced it.
+    @ivar keepalive: seconds without traffic after which clients and
+        remote links get a C{message}; 0 disables.  Set before starting.
+    @ivar verbose: 0 quiet, 1 key events, 2 a line per message, 3 full XML.
+    @ivar dropped: messages no rule of the table accepted.
+    """
+
+    log = Logger()
+    name = "router"
+
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        keepalive: float = 30,
+        verbose: int = 0,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock = clock
+        self.keepalive = keepalive
+        self.verbose = verbose
+        self.clients: dict[Link, None] = {}
+        self.drivers: dict[Link, None] = {}
+        self.remotes: dict[Link, None] = {}
+        self.owners: dict[str, Link] = {}
+        # device (None: every device) -> snooping link -> property names
+        # (None among them: the whole device)
+        self._snoops: dict[str | None, dict[Link, set[str | None]]] = {}
+        self._clashes: set[tuple[str, Link]] = set()
+        self._quiet = True
+        self._keepalive_call: LoopingCall | None = None
+        self.dropped = 0
+        self._routes: dict[tuple[str, str], Callable[[Message, Link], None]] = {
+            (CLIENT, "getProperties"): self._client_get_properties,
+            (CLIENT, _COMMAND): self._client_command,
+            (CLIENT, "enableBLOB"): self._client_enable_blob,
+            (DRIVER, _DEVICE_TRAFFIC): self._device_traffic,
+            (DRIVER, "getProperties"): self._driver_get_properties,
+            (DRIVER, "enableBLOB"): self._driver_enable_blob,
+            (DRIVER, _COMMAND): self._driver_command,
+            (REMOTE, _DEVICE_TRAFFIC): self._device_traffic,
+        }
+        for kind in (CLIENT, DRIVER, REMOTE):
+            self._routes[(kind, "pingRequest")] = self._ping
+            self._routes[(kind, "pingReply")] = self._consume
+
+    # -- service ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.keepalive and self.keepalive > 0:
+            self._keepalive_call = LoopingCall(self._keepalive_tick)
+            self._keepalive_call.clock = self.clock
+            self._keepalive_call.start(self.keepalive, now=False).addErrback(
+                lambda failure: self.log.failure("keepalive stopped", failure)
+            )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._keepalive_call is not None and self._keepalive_call.running:
+            self._keepalive_call.stop()
+        self._keepalive_call = None
+
+    def _keepalive_tick(self) -> None:
+        if self._quiet:
+            keepalive = wire.message(KEEPALIVE_TEXT)
+            for link in (*self.clients, *self.remotes):
+                link.send(keepalive)
+        self._quiet = True
+
+    # -- links -----------------------------------------------------------
+
+    def _registry(self, link: Link) -> dict[Link, None]:
+        return {CLIENT: self.clients, DRIVER: self.drivers, REMOTE: self.remotes}[
+            link.kind
+        ]
+
+    def add_link(self, link: Link) -> None:
+        """Start routing to and from C{link}."""
+        link.router = self
+        self._registry(link)[link] = None
+        self.event("{link} attached", link=link)
+
+    def remove_link(self, link: Link, reason: str | None = None) -> None:
+        """
+        Stop routing to and from C{link}; forget its devices and snoops.
+
+        Clients are told, by C{delProperty}, of every device it owned, and
+        then given C{reason} as a C{message} when there is one.
+        """
+        self._registry(link).pop(link, None)
+        for snoopers in self._snoops.values():
+            snoopers.pop(link, None)
+        self._clashes = {clash for clash in self._clashes if clash[1] is not link}
+        devices = [device for device, owner in self.owners.items() if owner is link]
+        for device in devices:
+            self._deliver(wire.del_property(device), link)
+            del self.owners[device]
+        if reason:
+            self.send_message(reason)
+        link.router = None
+        self.event("{link} detached", link=link)
+
+    def event(self, format: str, **fields: object) -> None:
+        """Log a key event (connections, drivers, devices) at verbosity 1 and up."""
+        if self.verbose >= 1:
+            self.log.info(format, **fields)
+
+    # -- routing ---------------------------------------------------------
+
+    def route(self, message: Message, source: Link) -> None:
+        """Decide who receives C{message}, which arrived from C{source}."""
+        self._quiet = False
+        if self.verbose >= 2:
+            self._trace(message, source)
+        family = _tag_family.get(message.tag, message.tag)
+        handler = self._routes.get((source.kind, family))
+        if handler is None:
+            self.dropped += 1
+            self.log.debug(
+                "dropped {tag} from {source}: no route",
+                tag=message.tag,
+                source=source,
+            )
+            return
+        handler(message, source)
+
+    def _trace(self, message: Message, source: Link) -> None:
+        if self.verbose >= 3:
+            self.log.info(
+                "{source}: {xml}",
+                source=source,
+                xml=message.raw.decode("utf-8", "replace").strip(),
+            )
+        else:
+            self.log.info(
+                "{source}: {summary}", source=source, summary=message.summary()
+            )
+
+    def _consume(self, message: Message, source: Link) -> None:
+        """Messages meant for the server itself and nobody else."""
+
+    def _ping(self, message: Message, source: Link) -> None:
+        # libindi drivers hold back their next BLOB until this answer comes.
+        source.send(wire.ping_reply(message.attrs.get("uid", "")))
+
+    def _drivers_and_remotes(self) -> Iterable[Link]:
+        return (*self.drivers, *self.remotes)
+
+    def _client_get_properties(self, message: Message, source: Link) -> None:
+        device = message.device
+        owner = self.owners.get(device) if device and device != "*" else None
+        if owner is not None:
+            owner.send(message)
+            return
+        for link in self._drivers_and_remotes():
+            link.send(message)
+
+    def _client_command(self, message: Message, source: Link) -> None:
+        owner = self.owners.get(message.device)  # type: ignore[arg-type]
+        if owner is not None:
+            owner.send(message)
+        elif self.remotes:
+            for remote in self.remotes:
+                remote.send(message)
+        else:
+            self.dropped += 1
+            self.log.debug(
+                "dropped {summary} from {source}: no such device",
+                summary=message.summary(),
+                source=source,
+            )
+            return
+        # Other clients learn what was asked, as with indiserver.
+        for client in self.clients:
+            if client is not source and client.blob_policy.allows(message):
+                client.send(message)
+
+    def _client_enable_blob(self, message: Message, source: Link) -> None:
+        try:
+            source.blob_policy.set(message.text, message.device, message.name)
+        except ValueError:
+            self.log.debug(
+                "ignored enableBLOB {text!r} from {source}",
+                text=message.text,
+                source=source,
+            )
+
+    def _driver_command(self, message: Message, source: Link) -> None:
+        owner = self.owners.get(message.device)  # type: ignore[arg-type]
+        if owner is not None and owner is not source:
+            owner.send(message)
+        else:
+            self.dropped += 1
+
+    def _driver_get_properties(self, message: Message, source: Link) -> None:
+        device = message.device if message.device != "*" else None
+        snooped = self._snoops.setdefault(device, {}).setdefault(source, set())
+        snooped.add(message.name)
+        self.event(
+            "{link} snoops {device}.{name}",
+            link=source,
+            device=device or "*",
+            name=message.name or "*",
+        )
+        owner = self.owners.get(device) if device else None
+        if owner is not None:
+            if owner is not source:
+                owner.send(message)
+            return
+        for link in self._drivers_and_remotes():
+            if link is not source:
+                link.send(message)
+
+    def _driver_enable_blob(self, message: Message, source: Link) -> None:
+        if source not in self._snoops.get(
+            message.device, ()
+        ) and source not in self._snoops.get(None, ()):
+            self.log.debug(
+                "ignored enableBLOB from {source}: it does not snoop {device}",
+                source=source,
+                device=message.device,
+            )
+            return
+        self._client_enable_blob(message, source)
+
+    def _device_traffic(self, message: Message, source: Link) -> None:
+        device = message.device
+        if device is not None:
+            owner = self.owners.get(device)
+            if owner is None:
+                if message.tag == "delProperty":
+                    return self._deliver(message, source)
+                self.owners[device] = source
+                self.event("{link} owns device {device}", link=source, device=device)
+            elif owner is not source:
+                return self._clash(device, owner, source)
+        self._deliver(message, source)
+
+    def _deliver(self, message: Message, source: Link) -> None:
+        """Send device traffic to clients and snoopers, each as they asked."""
+        for client in self.clients:
+            if client.blob_policy.allows(message):
+                client.send(message)
+        if self._snoops:
+            for snooper in self._snoopers(message):
+                if snooper is not source and snooper.blob_policy.allows(message):
+                    snooper.send(message)
+
+    def _snoopers(self, message: Message) -> list[Link]:
+        found = []
+        name = message.name
+        for device in (message.device, None):
+            for snooper, names in self._snoops.get(device, {}).items():
+                if None in names or name in names or name is None:
+                    if snooper not in found:
+                        found.append(snooper)
+        return found
+
+    def _clash(self, device: str, owner: Link, source: Link) -> None:
+        """The same device from two links: a loop or a name clash."""
+        self.dropped += 1
+        if (device, source) in self._clashes:
+            return
+        self._clashes.add((device, source))
+        self.log.error(
+            "device {device} from {source} is already served by {owner};"
+            " its messages are dropped",
+            device=device,
+            source=source,
+            owner=owner,
+        )
+        self.send_message(
+            f"Device {device} is already served by {owner.label};"
+            f" the copy from {source.label} is ignored"
+        )
+
+    # -- messages from the server ---------------------------------------
+
+    def send_message(self, text: str, timestamp: datetime | None = None) -> None:
+        """Send a server C{message} to every client."""
+        built = wire.message(text, when=timestamp)
+        for client in self.clients:
+            client.send(built)

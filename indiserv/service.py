@@ -1,0 +1,183 @@
+"""
+L{IndiServer}: the public face of indiserv.
+
+It mirrors indipyserver's C{IPyServer} (C{add_exdriver}, C{send_message},
+C{shutdown}, C{stop}, C{stopped}, C{keepalive}, C{host}, C{port}, C{run})
+and is a Twisted C{MultiService}, so it also runs under twistd or inside
+any Twisted application via C{setServiceParent}.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from indiserv.client import ClientFactory
+from indiserv.driver import DriverService
+from indiserv.router import Router
+
+__all__ = ["IndiServer", "endpoint_description"]
+
+
+def endpoint_description(port: int | str, host: str = "localhost") -> str:
+    """
+    A Twisted server endpoint string for C{port}.
+
+    A number (or a string of digits) listens on TCP at C{host}; anything else
+    is taken as an endpoint string already, such as C{tcp:7624:interface=::}
+    or C{unix:/run/indi.sock}.
+    """
+    if isinstance(port, int) or str(port).isdigit():
+        interface = host.replace(":", "\\:")
+        return f"tcp:{int(port)}:interface={interface}"
+    return str(port)
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """An endpoint wrapper that tells the server which port it got."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, server: IndiServer):
+        self._endpoint = endpoint
+        self._server = server
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self._endpoint.listen(factory).addCallback(self._server._listening)
+
+
+class IndiServer(MultiService):
+    """
+    An INDI server: listens for clients and serves drivers.
+
+    @ivar host: the interface a numeric C{port} listens on.
+    @ivar port: the TCP port; after start, the port actually bound (so
+        C{port=0} asks the OS for a free one).
+    @ivar maxconnections: how many clients may be connected at once.
+    @ivar stopped: fires once the server has stopped, after L{shutdown}.
+    @ivar listening: fires with the listening port once clients can connect.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int | str = 7624,
+        maxconnections: int = 10,
+        *,
+        reactor: Any = None,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.maxconnections = maxconnections
+        self.router = Router(clock=reactor, verbose=verbose)
+        self.router.setServiceParent(self)
+        self.factory = ClientFactory(self.router, maxconnections)
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+        self.stopped: defer.Deferred[None] = defer.Deferred()
+        self.listening_port: IListeningPort | None = None
+        self._stop = False
+        endpoint = serverFromString(reactor, endpoint_description(port, host))
+        self._listener = StreamServerEndpointService(
+            _ReportingEndpoint(endpoint, self), self.factory
+        )
+        # Fail startup loudly when the port cannot be bound.
+        self._listener._raiseSynchronously = True
+        self._listener.setServiceParent(self)
+
+    @property
+    def keepalive(self) -> float:
+        """Seconds of silence before clients get a keepalive C{message}; 0 disables."""
+        return self.router.keepalive
+
+    @keepalive.setter
+    def keepalive(self, seconds: float) -> None:
+        self.router.keepalive = seconds
+
+    @property
+    def stop(self) -> bool:
+        """C{True} once L{shutdown} has been called."""
+        return self._stop
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.listening_port = port
+        address = port.getHost()
+        if hasattr(address, "port"):
+            self.port = address.port
+        self.log.info("listening on {address}", address=address)
+        self.listening.callback(port)
+        return port
+
+    def add_exdriver(self, program: str, *args: str) -> DriverService:
+        """Serve the executable driver C{program}, run with C{args}."""
+        driver = DriverService(self.router, program, args, reactor=self.reactor)
+        driver.setServiceParent(self)
+        return driver
+
+    def send_message(self, message: str, timestamp: datetime | None = None) -> None:
+        """Send a C{message} from the server to every client."""
+        self.router.send_message(message, timestamp)
+
+    def shutdown(self, shutdownmessage: str = "") -> defer.Deferred[None]:
+        """
+        Stop serving: tell clients why (if C{shutdownmessage}), stop drivers,
+        close the port.  Returns L{stopped}.
+        """
+        if not self._stop:
+            self._stop = True
+            if shutdownmessage:
+                self.send_message(shutdownmessage)
+            if self.running:
+                defer.maybeDeferred(self.stopService).addBoth(self._fire_stopped)
+            else:
+                self._fire_stopped(None)
+        return self.stopped
+
+    def _fire_stopped(self, result: object) -> None:
+        if not self.stopped.called:
+            self.stopped.callback(None)
+
+    def stopService(self) -> defer.Deferred[None]:
+        self._stop = True
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda result: (self._fire_stopped(None), result)[1])
+        return d
+
+    def run(self) -> None:
+        """
+        Start the reactor, serve until L{shutdown} (or SIGINT/SIGTERM), and
+        return once everything has stopped.
+        """
+        reactor = self.reactor
+
+        def start() -> None:
+            try:
+                self.startService()
+            except Exception:
+                self.log.failure("indiserv could not start")
+                reactor.stop()
+
+        reactor.callWhenRunning(start)
+        reactor.addSystemEventTrigger("before", "shutdown", self._stop_with_reactor)
+        self.stopped.addCallback(
+            lambda _: reactor.stop() if reactor.running else None
+        )
+        reactor.run()
+
+    def _stop_with_reactor(self) -> defer.Deferred[None] | None:
+        if self.running:
+            return self.stopService()
+        return None
