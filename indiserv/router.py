@@ -96,6 +96,7 @@ class Router(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._quiet = True
         if self.keepalive and self.keepalive > 0:
             self._keepalive_call = LoopingCall(self._keepalive_tick)
             self._keepalive_call.clock = self.clock

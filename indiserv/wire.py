@@ -26,6 +26,7 @@ __all__ = [
     "WireError",
     "MalformedElement",
     "ElementTooLarge",
+    "escape",
     "message",
     "get_properties",
     "del_property",
@@ -271,7 +272,9 @@ class Parser:
             e.messages = messages
             raise
         if len(buffer) > self.max_element:
-            self._fail_resync(0)
+            # Drop the oversized element's "<" so resynchronising moves past it.
+            self._fail_resync(1)
+            self._resync()
             raise ElementTooLarge(
                 f"element larger than {self.max_element} bytes", messages
             )
@@ -394,21 +397,24 @@ _ATTRIBUTE_ESCAPES = str.maketrans(
         "\r": "&#13;",
     }
 )
-_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def escape(text: str) -> str:
+    """
+    C{text} made safe for an XML attribute value (or character data):
+    markup escaped, characters XML forbids removed.
+    """
+    return _NOT_XML.sub("", text).translate(_ATTRIBUTE_ESCAPES)
 
 
 def _build(tag: str, attrs: dict[str, str | None], text: str | None = None) -> Message:
     """Serialise a message the server writes itself."""
     present = {key: str(value) for key, value in attrs.items() if value is not None}
-    rendered = "".join(
-        f' {key}="{_NOT_XML.sub("", value).translate(_ATTRIBUTE_ESCAPES)}"'
-        for key, value in present.items()
-    )
+    rendered = "".join(f' {key}="{escape(value)}"' for key, value in present.items())
     if text is None:
         xml = f"<{tag}{rendered}/>\n"
     else:
-        body = _NOT_XML.sub("", text).translate(_TEXT_ESCAPES)
-        xml = f"<{tag}{rendered}>{body}</{tag}>\n"
+        xml = f"<{tag}{rendered}>{escape(text)}</{tag}>\n"
     return Message(tag, present, xml.encode("utf-8"), text=text or "")
 
 

@@ -1,0 +1,106 @@
+"""
+Tests for L{indiserv.blobs.BlobPolicy}: the Never/Also/Only table of a link.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from indiserv.blobs import ALSO, NEVER, ONLY, BlobPolicy
+from indiserv.wire import Message, Parser
+
+
+def parse(raw: bytes) -> Message:
+    (message,) = Parser().feed(raw)
+    return message
+
+
+BLOB = parse(
+    b"<setBLOBVector device='CCD' name='CCD1'><oneBLOB name='CCD1' size='1'"
+    b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
+)
+OTHER_BLOB = parse(
+    b"<setBLOBVector device='CCD' name='CCD2'><oneBLOB name='CCD2' size='1'"
+    b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
+)
+BLOB_OF_OTHER_DEVICE = parse(
+    b"<setBLOBVector device='Cam' name='CCD1'><oneBLOB name='CCD1' size='1'"
+    b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
+)
+EMPTY_BLOB = parse(b"<setBLOBVector device='CCD' name='CCD1' state='Busy'></setBLOBVector>")
+DEF_BLOB = parse(
+    b"<defBLOBVector device='CCD' name='CCD1' perm='ro' state='Idle'>"
+    b"<defBLOB name='CCD1'/></defBLOBVector>"
+)
+NUMBER = parse(
+    b"<setNumberVector device='CCD' name='CCD_EXPOSURE'><oneNumber name='V'>1"
+    b"</oneNumber></setNumberVector>"
+)
+DEVICE_MESSAGE = parse(b"<message device='CCD' message='hi'/>")
+SERVER_MESSAGE = parse(b"<message message='hi'/>")
+
+ALL = [BLOB, EMPTY_BLOB, DEF_BLOB, NUMBER, DEVICE_MESSAGE, SERVER_MESSAGE]
+
+
+def delivered(policy: BlobPolicy, messages: list[Message] = ALL) -> list[Message]:
+    return [m for m in messages if policy.allows(m)]
+
+
+class BlobPolicyTests(SynchronousTestCase):
+    def test_default_never(self) -> None:
+        """A new link gets everything but BLOB data."""
+        self.assertEqual(delivered(BlobPolicy()), [m for m in ALL if m is not BLOB])
+
+    def test_also(self) -> None:
+        """Also delivers BLOB data and everything else."""
+        policy = BlobPolicy()
+        policy.set(ALSO, "CCD")
+        self.assertEqual(delivered(policy), ALL)
+
+    def test_only(self) -> None:
+        """Only delivers BLOB data and empty setBLOBVectors, nothing else of that device."""
+        policy = BlobPolicy()
+        policy.set(ONLY, "CCD")
+        self.assertEqual(delivered(policy), [BLOB, EMPTY_BLOB, SERVER_MESSAGE])
+
+    def test_device_scope(self) -> None:
+        """A device-scoped enableBLOB leaves other devices alone (unlike indiserver)."""
+        policy = BlobPolicy()
+        policy.set(ALSO, "CCD")
+        self.assertTrue(policy.allows(BLOB))
+        self.assertFalse(policy.allows(BLOB_OF_OTHER_DEVICE))
+
+    def test_property_scope(self) -> None:
+        """A property-scoped enableBLOB affects that property only."""
+        policy = BlobPolicy()
+        policy.set(ALSO, "CCD", "CCD1")
+        self.assertTrue(policy.allows(BLOB))
+        self.assertFalse(policy.allows(OTHER_BLOB))
+
+    def test_property_overrides_device(self) -> None:
+        """The property entry wins over the device entry."""
+        policy = BlobPolicy()
+        policy.set(ALSO, "CCD")
+        policy.set(NEVER, "CCD", "CCD1")
+        self.assertFalse(policy.allows(BLOB))
+        self.assertTrue(policy.allows(OTHER_BLOB))
+
+    def test_device_resets_properties(self) -> None:
+        """A later device-scoped enableBLOB replaces earlier property entries of that device."""
+        policy = BlobPolicy()
+        policy.set(NEVER, "CCD", "CCD1")
+        policy.set(ALSO, "CCD")
+        self.assertTrue(policy.allows(BLOB))
+
+    def test_no_device_sets_default(self) -> None:
+        """An enableBLOB without a device applies to every device."""
+        policy = BlobPolicy()
+        policy.set(ALSO)
+        self.assertTrue(policy.allows(BLOB))
+        self.assertTrue(policy.allows(BLOB_OF_OTHER_DEVICE))
+
+    def test_unknown_value(self) -> None:
+        """Values are case-sensitive; anything else is refused."""
+        policy = BlobPolicy()
+        self.assertRaises(ValueError, policy.set, "also", "CCD")
+        self.assertFalse(policy.allows(BLOB))

@@ -1,0 +1,307 @@
+"""
+Tests for L{indiserv.router.Router}: PROTOCOL.md's routing table, row by row.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from indiserv.link import CLIENT, DRIVER
+from indiserv.router import KEEPALIVE_TEXT, Router
+
+from .support import RecordingLink
+
+TELESCOPE_DEF = (
+    b"<defNumberVector device='Telescope' name='EQ' perm='rw' state='Idle'>"
+    b"<defNumber name='RA'>1</defNumber></defNumberVector>"
+)
+TELESCOPE_SET = (
+    b"<setNumberVector device='Telescope' name='EQ'><oneNumber name='RA'>2"
+    b"</oneNumber></setNumberVector>"
+)
+TELESCOPE_OTHER_SET = (
+    b"<setNumberVector device='Telescope' name='TIME'><oneNumber name='T'>2"
+    b"</oneNumber></setNumberVector>"
+)
+CCD_DEF = (
+    b"<defBLOBVector device='CCD' name='CCD1' perm='ro' state='Idle'>"
+    b"<defBLOB name='CCD1'/></defBLOBVector>"
+)
+CCD_BLOB = (
+    b"<setBLOBVector device='CCD' name='CCD1'><oneBLOB name='CCD1' size='1'"
+    b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
+)
+NEW_EQ = (
+    b"<newNumberVector device='Telescope' name='EQ'><oneNumber name='RA'>3"
+    b"</oneNumber></newNumberVector>"
+)
+
+
+class RouterTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.router = Router(clock=self.clock)
+        self.telescope = self.attach(DRIVER, "driver telescope")
+        self.ccd = self.attach(DRIVER, "driver ccd")
+        self.alice = self.attach(CLIENT, "client alice")
+        self.bob = self.attach(CLIENT, "client bob")
+        self.telescope.say(TELESCOPE_DEF)
+        self.ccd.say(CCD_DEF)
+        for link in (self.telescope, self.ccd, self.alice, self.bob):
+            link.take()
+
+    def attach(self, kind: str, label: str) -> RecordingLink:
+        link = RecordingLink(kind, label)
+        self.router.add_link(link)
+        return link
+
+
+class ClientRowsTests(RouterTestCase):
+    def test_get_properties_fans_out(self) -> None:
+        """A client's getProperties without a device reaches every driver."""
+        self.alice.say(b"<getProperties version='1.7'/>")
+        self.assertEqual(self.telescope.tags(), ["getProperties"])
+        self.assertEqual(self.ccd.tags(), ["getProperties"])
+        self.assertEqual(self.bob.tags(), [])
+
+    def test_get_properties_star_fans_out(self) -> None:
+        """getProperties device='*' (a chained indiserver) is treated as all devices."""
+        self.alice.say(b"<getProperties version='1.7' device='*'/>")
+        self.assertEqual(self.telescope.tags(), ["getProperties"])
+        self.assertEqual(self.ccd.tags(), ["getProperties"])
+
+    def test_get_properties_for_known_device(self) -> None:
+        """getProperties for a known device reaches its owner only."""
+        self.alice.say(b"<getProperties version='1.7' device='CCD' name='CCD1'/>")
+        self.assertEqual(self.ccd.tags(), ["getProperties"])
+        self.assertEqual(self.telescope.tags(), [])
+
+    def test_get_properties_for_unknown_device(self) -> None:
+        """getProperties for a device nobody announced yet reaches every driver."""
+        self.alice.say(b"<getProperties version='1.7' device='Focuser'/>")
+        self.assertEqual(self.telescope.tags(), ["getProperties"])
+        self.assertEqual(self.ccd.tags(), ["getProperties"])
+
+    def test_new_vector_to_owner_and_echoed(self) -> None:
+        """new*Vector goes to the device's owner and is echoed to other clients, not the sender."""
+        self.alice.say(NEW_EQ)
+        self.assertEqual([m.raw for m in self.telescope.received], [NEW_EQ])
+        self.assertEqual(self.ccd.tags(), [])
+        self.assertEqual([m.raw for m in self.bob.received], [NEW_EQ])
+        self.assertEqual(self.alice.tags(), [])
+
+    def test_new_vector_unknown_device_dropped(self) -> None:
+        """new*Vector for an unknown device is dropped and counted."""
+        self.alice.say(
+            b"<newSwitchVector device='Nope' name='X'><oneSwitch name='A'>On"
+            b"</oneSwitch></newSwitchVector>"
+        )
+        self.assertEqual(self.telescope.tags() + self.ccd.tags() + self.bob.tags(), [])
+        self.assertEqual(self.router.dropped, 1)
+
+    def test_enable_blob_consumed(self) -> None:
+        """enableBLOB updates the client's policy and goes nowhere."""
+        self.alice.say(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        self.assertEqual(self.alice.blob_policy.policy("CCD"), "Also")
+        self.assertEqual(self.ccd.tags() + self.telescope.tags() + self.bob.tags(), [])
+
+    def test_enable_blob_bad_value_ignored(self) -> None:
+        """An enableBLOB with an unknown value leaves the policy as it was."""
+        self.alice.say(b"<enableBLOB device='CCD'>always</enableBLOB>")
+        self.assertEqual(self.alice.blob_policy.policy("CCD"), "Never")
+
+    def test_ping_answered(self) -> None:
+        """pingRequest is answered by the server with the same uid and never forwarded."""
+        self.alice.say(b"<pingRequest uid='42'/>")
+        self.assertEqual(self.alice.tags(), ["pingReply"])
+        self.assertEqual(self.alice.received[0].attrs["uid"], "42")
+        self.assertEqual(self.telescope.tags() + self.ccd.tags() + self.bob.tags(), [])
+
+    def test_client_device_traffic_dropped(self) -> None:
+        """A plain client cannot announce devices: its def*/set* go nowhere."""
+        self.alice.say(CCD_BLOB)
+        self.assertEqual(self.bob.tags() + self.ccd.tags(), [])
+        self.assertEqual(self.router.dropped, 1)
+
+    def test_unknown_tag_dropped(self) -> None:
+        """A tag outside the table is dropped and counted."""
+        self.alice.say(b"<frobnicate device='CCD'/>")
+        self.assertEqual(self.router.dropped, 1)
+        self.assertEqual(self.ccd.tags(), [])
+
+
+class DriverRowsTests(RouterTestCase):
+    def test_device_traffic_to_clients(self) -> None:
+        """def*/set*/message/delProperty from a driver reach every client."""
+        for raw in (
+            TELESCOPE_SET,
+            b"<message device='Telescope' message='slewing'/>",
+            b"<delProperty device='Telescope' name='EQ'/>",
+        ):
+            self.telescope.say(raw)
+        for client in (self.alice, self.bob):
+            self.assertEqual(
+                client.tags(), ["setNumberVector", "message", "delProperty"]
+            )
+        self.assertEqual(self.ccd.tags(), [])
+
+    def test_bytes_forwarded_unchanged(self) -> None:
+        """Clients receive exactly the bytes the driver wrote."""
+        self.telescope.say(b"<?xml version='1.0'?>\n" + TELESCOPE_SET)
+        self.assertEqual(self.alice.received[0].raw, TELESCOPE_SET)
+
+    def test_owner_learned(self) -> None:
+        """The first link to announce a device becomes its owner."""
+        self.assertIs(self.router.owners["Telescope"], self.telescope)
+        self.assertIs(self.router.owners["CCD"], self.ccd)
+
+    def test_blob_policy_per_client(self) -> None:
+        """BLOB data reaches only clients that enabled BLOBs for that device."""
+        self.alice.say(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        self.ccd.say(CCD_BLOB)
+        self.assertEqual(self.alice.tags(), ["setBLOBVector"])
+        self.assertEqual(self.bob.tags(), [])
+
+    def test_blob_only_withholds_the_rest(self) -> None:
+        """A client with Only gets that device's BLOBs and nothing else of it."""
+        self.alice.say(b"<enableBLOB device='CCD'>Only</enableBLOB>")
+        self.ccd.say(b"<message device='CCD' message='exposing'/>")
+        self.ccd.say(CCD_BLOB)
+        self.telescope.say(TELESCOPE_SET)
+        self.assertEqual(self.alice.tags(), ["setBLOBVector", "setNumberVector"])
+
+    def test_duplicate_device_guard(self) -> None:
+        """A second link announcing an owned device is ignored, logged, and clients told once."""
+        intruder = self.attach(DRIVER, "driver intruder")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        intruder.say(TELESCOPE_SET)
+        intruder.say(TELESCOPE_SET)
+        for client in (self.alice, self.bob):
+            self.assertEqual(client.tags(), ["message"])
+            self.assertIn("Telescope", client.received[0].attrs["message"])
+        self.assertIs(self.router.owners["Telescope"], self.telescope)
+        errors = [e for e in logged if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+
+    def test_driver_ping_answered(self) -> None:
+        """A driver's pingRequest (sent after each BLOB) is answered at once."""
+        self.ccd.say(b"<pingRequest uid='SetBLOB/1'/>")
+        self.assertEqual(self.ccd.tags(), ["pingReply"])
+        self.assertEqual(self.alice.tags(), [])
+
+    def test_driver_new_vector_to_owner(self) -> None:
+        """A driver's new*Vector for another device reaches that device's owner only."""
+        self.ccd.say(NEW_EQ)
+        self.assertEqual(self.telescope.tags(), ["newNumberVector"])
+        self.assertEqual(self.alice.tags(), [])
+
+    def test_driver_exit(self) -> None:
+        """When a driver goes, clients get delProperty for its devices and a message; ownership ends."""
+        self.router.remove_link(self.telescope, "Driver telescope stopped")
+        self.assertEqual(self.alice.tags(), ["delProperty", "message"])
+        self.assertEqual(self.alice.received[0].device, "Telescope")
+        self.assertNotIn("Telescope", self.router.owners)
+
+    def test_client_leaving_sends_nothing(self) -> None:
+        """A client that leaves causes no traffic."""
+        self.router.remove_link(self.alice)
+        self.assertEqual(self.bob.tags() + self.telescope.tags() + self.ccd.tags(), [])
+
+
+class SnoopTests(RouterTestCase):
+    def test_snoop_registers_and_asks_owner(self) -> None:
+        """A driver's getProperties registers a snoop and reaches the device's owner."""
+        self.ccd.say(b"<getProperties version='1.7' device='Telescope' name='EQ'/>")
+        self.assertEqual(self.telescope.tags(), ["getProperties"])
+        self.assertEqual(self.alice.tags(), [])
+
+    def test_snooper_gets_its_property_only(self) -> None:
+        """A property snoop delivers that property's traffic and nothing else."""
+        self.ccd.say(b"<getProperties version='1.7' device='Telescope' name='EQ'/>")
+        self.telescope.say(TELESCOPE_SET)
+        self.telescope.say(TELESCOPE_OTHER_SET)
+        self.assertEqual([m.name for m in self.ccd.received], ["EQ"])
+
+    def test_device_snoop(self) -> None:
+        """A device snoop delivers every property of the device and its messages."""
+        self.ccd.say(b"<getProperties version='1.7' device='Telescope'/>")
+        self.telescope.say(TELESCOPE_SET)
+        self.telescope.say(TELESCOPE_OTHER_SET)
+        self.telescope.say(b"<message device='Telescope' message='hi'/>")
+        self.assertEqual(
+            self.ccd.tags(), ["setNumberVector", "setNumberVector", "message"]
+        )
+
+    def test_no_snoop_no_traffic(self) -> None:
+        """A driver receives nothing of devices it did not snoop."""
+        self.telescope.say(TELESCOPE_SET)
+        self.assertEqual(self.ccd.tags(), [])
+
+    def test_blob_snoop_needs_enable_blob(self) -> None:
+        """A snooper gets BLOBs only after enableBLOB for that scope."""
+        self.telescope.say(b"<getProperties version='1.7' device='CCD'/>")
+        self.telescope.take()
+        self.ccd.say(CCD_BLOB)
+        self.assertEqual(self.telescope.tags(), [])
+        self.telescope.say(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        self.ccd.say(CCD_BLOB)
+        self.assertEqual(self.telescope.tags(), ["setBLOBVector"])
+
+    def test_enable_blob_without_snoop_ignored(self) -> None:
+        """A driver's enableBLOB for a device it does not snoop changes nothing."""
+        self.telescope.say(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        self.ccd.say(CCD_BLOB)
+        self.assertEqual(self.telescope.tags(), [])
+
+    def test_snoops_forgotten_when_driver_goes(self) -> None:
+        """A removed driver's snoops are dropped with it."""
+        self.ccd.say(b"<getProperties version='1.7' device='Telescope'/>")
+        self.router.remove_link(self.ccd)
+        self.telescope.say(TELESCOPE_SET)
+        self.assertEqual(self.ccd.tags(), [])
+
+
+class KeepaliveTests(RouterTestCase):
+    def test_keepalive_after_silence(self) -> None:
+        """After keepalive seconds without traffic every client gets a keepalive message."""
+        self.router.startService()
+        self.addCleanup(self.router.stopService)
+        self.clock.advance(30)
+        for client in (self.alice, self.bob):
+            self.assertEqual(client.tags(), ["message"])
+            self.assertEqual(client.received[0].attrs["message"], KEEPALIVE_TEXT)
+        self.assertEqual(self.telescope.tags(), [])
+
+    def test_no_keepalive_while_busy(self) -> None:
+        """Traffic within the period holds the keepalive back."""
+        self.router.startService()
+        self.addCleanup(self.router.stopService)
+        self.clock.advance(20)
+        self.telescope.say(TELESCOPE_SET)
+        self.clock.advance(10)
+        self.assertEqual(self.alice.tags(), ["setNumberVector"])
+
+    def test_keepalive_disabled(self) -> None:
+        """keepalive 0 sends nothing and schedules nothing."""
+        self.router.keepalive = 0
+        self.router.startService()
+        self.addCleanup(self.router.stopService)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_cancels_keepalive(self) -> None:
+        """Stopping the router leaves no timer behind."""
+        self.router.startService()
+        self.router.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SendMessageTests(RouterTestCase):
+    def test_send_message(self) -> None:
+        """send_message reaches every client, not drivers."""
+        self.router.send_message("Dome closing")
+        for client in (self.alice, self.bob):
+            self.assertEqual(client.received[0].attrs["message"], "Dome closing")
+        self.assertEqual(self.telescope.tags(), [])

@@ -1,0 +1,249 @@
+"""
+Tests for L{indiserv.wire}: framing, checking and building INDI messages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from indiserv import wire
+from indiserv.wire import ElementTooLarge, MalformedElement, Parser, WireError
+
+# What an indilib driver writes: a declaration before every message.
+STREAM = (
+    b"<?xml version='1.0'?>\n"
+    b"<defNumberVector device=\"Tel &amp; Co\" name='EQUATORIAL_EOD_COORD' state=\"Idle\""
+    b" perm='rw' timeout='60' timestamp='2026-01-01T00:00:00'>\n"
+    b"  <defNumber name='RA' format='%10.6m' min='0' max='24' step='0'>1.5</defNumber>\n"
+    b"</defNumberVector>\n"
+    b"<?xml version='1.0'?>\n"
+    b"<getProperties version='1.7'/>"
+    b"<enableBLOB device='CCD Simulator'>Also</enableBLOB>\r\n"
+    b"<setBLOBVector device='CCD Simulator' name='CCD1' state='Ok'>"
+    b"<oneBLOB name='CCD1' size='6' enclen='8' format='.fits'>QUJD\nREVG</oneBLOB>"
+    b"</setBLOBVector>"
+    b"<setBLOBVector device='CCD Simulator' name='CCD1' state='Busy'></setBLOBVector>"
+    b"<message device='Tel &amp; Co' message='caf\xc3\xa9 &lt;ok&gt;'/>"
+)
+
+
+def feed_all(parser: Parser, chunks: list[bytes]) -> list[wire.Message]:
+    messages = []
+    for chunk in chunks:
+        messages += parser.feed(chunk)
+    return messages
+
+
+class ParserTests(SynchronousTestCase):
+    def test_whole_stream(self) -> None:
+        """A stream of several messages yields each with its tag, device, name and attributes."""
+        messages = Parser().feed(STREAM)
+        self.assertEqual(
+            [m.tag for m in messages],
+            [
+                "defNumberVector",
+                "getProperties",
+                "enableBLOB",
+                "setBLOBVector",
+                "setBLOBVector",
+                "message",
+            ],
+        )
+        self.assertEqual(messages[0].device, "Tel & Co")
+        self.assertEqual(messages[0].name, "EQUATORIAL_EOD_COORD")
+        self.assertEqual(messages[0].attrs["state"], "Idle")
+        self.assertEqual(messages[1].attrs, {"version": "1.7"})
+        self.assertEqual(messages[2].text, "Also")
+        self.assertEqual(messages[5].attrs["message"], "café <ok>")
+
+    def test_raw_bytes_kept(self) -> None:
+        """Each message keeps exactly the bytes of its element, without declarations or whitespace between."""
+        messages = Parser().feed(STREAM)
+        self.assertTrue(messages[0].raw.startswith(b"<defNumberVector device=\"Tel &amp; Co\""))
+        self.assertTrue(messages[0].raw.endswith(b"</defNumberVector>"))
+        self.assertEqual(messages[1].raw, b"<getProperties version='1.7'/>")
+        self.assertEqual(b"".join(m.raw for m in messages).count(b"<?xml"), 0)
+        for message in messages:
+            self.assertIn(message.raw, STREAM)
+
+    def test_blob_flag(self) -> None:
+        """Only a setBLOBVector with oneBLOB children is BLOB data; an empty one is state."""
+        messages = Parser().feed(STREAM)
+        self.assertEqual([m.blob for m in messages], [False] * 3 + [True, False, False])
+
+    def test_split_at_every_byte(self) -> None:
+        """The stream cut in two at any offset yields the same messages as the whole."""
+        whole = [m.raw for m in Parser().feed(STREAM)]
+        for cut in range(len(STREAM) + 1):
+            parser = Parser()
+            got = feed_all(parser, [STREAM[:cut], STREAM[cut:]])
+            self.assertEqual([m.raw for m in got], whole, f"cut at {cut}")
+            self.assertEqual(parser.pending, 0)
+
+    def test_one_byte_at_a_time(self) -> None:
+        """Fed one byte per call, the parser yields the same messages as the whole."""
+        whole = [m.raw for m in Parser().feed(STREAM)]
+        chunks = [STREAM[i : i + 1] for i in range(len(STREAM))]
+        self.assertEqual([m.raw for m in feed_all(Parser(), chunks)], whole)
+
+    def test_incomplete_element_waits(self) -> None:
+        """An element not yet ended is held, not reported as an error."""
+        parser = Parser()
+        self.assertEqual(parser.feed(b"<setTextVector device='a' name='b'><oneText"), [])
+        self.assertEqual(parser.feed(b" name='c'>x</oneText></setTextVec"), [])
+        (message,) = parser.feed(b"tor  >")
+        self.assertTrue(message.raw.endswith(b"</oneText></setTextVector  >"))
+
+    def test_longer_tag_with_same_prefix(self) -> None:
+        """A child whose end tag shares the top element's name prefix does not end it early."""
+        raw = b"<message device='a'><messageX></messageX></message>"
+        (message,) = Parser().feed(raw)
+        self.assertEqual(message.raw, raw)
+
+    def test_greater_than_in_attribute(self) -> None:
+        """A '>' inside an attribute value does not end the start tag."""
+        raw = b"<message device='a' message='x > y'/>"
+        (message,) = Parser().feed(raw)
+        self.assertEqual(message.attrs["message"], "x > y")
+
+    def test_comments_and_instructions_between_messages_skipped(self) -> None:
+        """Comments and processing instructions between messages are dropped."""
+        messages = Parser().feed(b"<!-- hi --><?pi x?><getProperties version='1.7'/>")
+        self.assertEqual([m.tag for m in messages], ["getProperties"])
+
+
+class MalformedTests(SynchronousTestCase):
+    def assertRefused(self, data: bytes, exception: type[WireError] = MalformedElement) -> WireError:
+        error = self.assertRaises(exception, Parser().feed, data)
+        self.assertTrue(error.reason)
+        return error
+
+    def test_text_outside_elements(self) -> None:
+        """Text between messages is refused."""
+        self.assertRefused(b"garbage<getProperties/>")
+
+    def test_doctype(self) -> None:
+        """A DOCTYPE with entity declarations (billion laughs) is refused."""
+        error = self.assertRefused(
+            b'<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
+            b"<message message='&lol2;'/>"
+        )
+        self.assertIn("DOCTYPE", error.reason)
+
+    def test_undefined_entity(self) -> None:
+        """An entity reference other than the five XML ones is refused."""
+        self.assertRefused(b"<message device='a' message='&xxe;'/>")
+
+    def test_invalid_utf8(self) -> None:
+        """Bytes that are not UTF-8 are refused."""
+        self.assertRefused(b"<message device='\xff\xfe'/>")
+
+    def test_mismatched_tags(self) -> None:
+        """Children that do not nest properly are refused."""
+        self.assertRefused(b"<setTextVector><oneText></setTextVector>")
+
+    def test_blob_body_not_base64(self) -> None:
+        """A BLOB body with characters outside base64 is refused."""
+        error = self.assertRefused(
+            b"<setBLOBVector device='a' name='b'><oneBLOB name='c'>AB&lt;</oneBLOB>"
+            b"</setBLOBVector>"
+        )
+        self.assertIn("base64", error.reason)
+
+    def test_malformed_start_tag(self) -> None:
+        """A start tag that cannot be completed is refused at once."""
+        self.assertRefused(b"<message device=a/>")
+
+    def test_good_messages_before_the_fault_are_kept(self) -> None:
+        """Messages completed before bad input travel with the error."""
+        error = self.assertRefused(b"<getProperties version='1.7'/>junk")
+        self.assertEqual([m.tag for m in error.messages], ["getProperties"])
+
+    def test_resynchronises_at_next_message(self) -> None:
+        """After bad input, parsing resumes at the next element that can begin a message."""
+        parser = Parser()
+        self.assertRaises(
+            MalformedElement,
+            parser.feed,
+            b"<setTextVector device='a'><oneText>&bad;</oneText></setTextVector>"
+            b"oops <oneText/> <setTextVector device='b' name='c'></setTextVector>",
+        )
+        self.assertRaises(MalformedElement, parser.feed, b"")
+        self.assertEqual([m.device for m in parser.feed(b"")], ["b"])
+
+    def test_element_too_large(self) -> None:
+        """An element that grows past the limit is refused and its bytes released."""
+        parser = Parser(max_element=1000)
+        parser.feed(b"<setBLOBVector device='a' name='b'><oneBLOB>")
+        self.assertRaises(ElementTooLarge, parser.feed, b"A" * 2000)
+        self.assertLessEqual(parser.pending, 100)
+        parser.feed(b"A" * 5000 + b"</oneBLOB></setBLOBVector>")
+        self.assertLessEqual(parser.pending, 100)
+        self.assertEqual(
+            [m.tag for m in parser.feed(b"<getProperties version='1.7'/>")],
+            ["getProperties"],
+        )
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=8))
+    def test_any_split_same_messages(self, cuts: list[int]) -> None:
+        """Any split of a valid stream yields the same messages as the whole."""
+        edges = [0, *sorted(cuts), len(STREAM)]
+        chunks = [STREAM[a:b] for a, b in zip(edges, edges[1:])]
+        got = feed_all(Parser(), chunks)
+        self.assertEqual([m.raw for m in got], [m.raw for m in Parser().feed(STREAM)])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300), st.binary(max_size=300))
+    def test_any_bytes_only_wire_errors(self, first: bytes, second: bytes) -> None:
+        """Arbitrary bytes never raise anything but WireError, and stay under the limit."""
+        parser = Parser(max_element=256)
+        for chunk in (first, second, b""):
+            try:
+                parser.feed(chunk)
+            except WireError:
+                pass
+            self.assertLessEqual(parser.pending, 256)
+
+
+class BuilderTests(SynchronousTestCase):
+    def test_message_escaped(self) -> None:
+        """Built messages escape markup and drop characters XML forbids, and parse back."""
+        built = wire.message('a<b"&\n\x00c', device="Dev & Co")
+        (parsed,) = Parser().feed(built.raw)
+        self.assertEqual(parsed.attrs["message"], 'a<b"&\nc')
+        self.assertEqual(parsed.device, "Dev & Co")
+
+    def test_message_timestamp(self) -> None:
+        """A message carries an INDI timestamp: UTC, ISO 8601, no zone."""
+        when = datetime(2026, 11, 28, 21, 0, 5, 123456, tzinfo=timezone.utc)
+        built = wire.message("hi", when=when)
+        self.assertEqual(built.attrs["timestamp"], "2026-11-28T21:00:05")
+
+    def test_get_properties(self) -> None:
+        """getProperties carries version 1.7 and, when given, device and name."""
+        self.assertEqual(wire.get_properties().raw, b'<getProperties version="1.7"/>\n')
+        built = wire.get_properties("CCD", "CCD1")
+        self.assertEqual((built.device, built.name), ("CCD", "CCD1"))
+
+    def test_del_property(self) -> None:
+        """delProperty names the device and has a timestamp."""
+        (parsed,) = Parser().feed(wire.del_property("Telescope Simulator").raw)
+        self.assertEqual(parsed.tag, "delProperty")
+        self.assertEqual(parsed.device, "Telescope Simulator")
+        self.assertIn("timestamp", parsed.attrs)
+
+    def test_enable_blob(self) -> None:
+        """enableBLOB puts the policy in its text."""
+        (parsed,) = Parser().feed(wire.enable_blob("Also", "CCD", "CCD1").raw)
+        self.assertEqual((parsed.text, parsed.device, parsed.name), ("Also", "CCD", "CCD1"))
+
+    def test_ping_reply(self) -> None:
+        """pingReply echoes the uid."""
+        self.assertEqual(wire.ping_reply("SetBLOB/1").raw, b'<pingReply uid="SetBLOB/1"/>\n')
