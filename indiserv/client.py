@@ -9,6 +9,7 @@ step with the stream any more.
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -45,6 +46,7 @@ class ClientProtocol(Protocol, Link):
     def __init__(self) -> None:
         Link.__init__(self)
         self.label = "client"
+        self._closed: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
         self.label = f"client {describe(self.transport.getPeer())}"
@@ -86,9 +88,19 @@ class ClientProtocol(Protocol, Link):
         self.transport.loseConnection()
         return False
 
+    def close(self) -> defer.Deferred[None]:
+        """Hang up once what was queued for the client is written."""
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closed.append(closed)
+        self.transport.loseConnection()
+        return closed
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.router is not None:
             self.router.remove_link(self)
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
 
 
 class ClientFactory(Factory):

@@ -64,7 +64,10 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         self.router_to_join = router
         self.name = name
         self.label = f"driver {name}"
-        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        #: Fires (with None) once the program has ended and its pipes closed.
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        #: Why it ended, once it has.
+        self.reason: Failure | None = None
         self._stderr = bytearray()
 
     def connectionMade(self) -> None:
@@ -119,7 +122,8 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         self.log.info("{driver} stopped: {how}", driver=self.name, how=how)
         if self.router is not None:
             self.router.remove_link(self, f"Driver {self.name} stopped: {how}")
-        self.ended.callback(reason)
+        self.reason = reason
+        self.ended.callback(None)
 
 
 class DriverService(Service):
@@ -176,7 +180,7 @@ class DriverService(Service):
         self.router.event("started {driver}", driver=self.name)
         protocol.ended.addCallback(self._ended, protocol)
 
-    def _ended(self, reason: Failure, protocol: DriverProcessProtocol) -> None:
+    def _ended(self, _: None, protocol: DriverProcessProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
 

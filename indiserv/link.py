@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from indiserv.blobs import BlobPolicy
@@ -61,6 +62,10 @@ class Link:
 
     def write(self, data: bytes) -> None:
         """Put C{data} on the way to the peer."""
+        raise NotImplementedError
+
+    def close(self) -> Deferred[None]:
+        """End the link; the Deferred fires once it has ended."""
         raise NotImplementedError
 
     def bytes_received(self, data: bytes) -> None:

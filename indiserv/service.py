@@ -84,7 +84,6 @@ class IndiServer(MultiService):
         self.port = port
         self.maxconnections = maxconnections
         self.router = Router(clock=reactor, verbose=verbose)
-        self.router.setServiceParent(self)
         self.factory = ClientFactory(self.router, maxconnections)
         self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
         self.stopped: defer.Deferred[None] = defer.Deferred()
@@ -96,7 +95,10 @@ class IndiServer(MultiService):
         )
         # Fail startup loudly when the port cannot be bound.
         self._listener._raiseSynchronously = True
+        # The listener starts first: if the port cannot be bound, nothing
+        # else has started (no timers, no drivers) when startup fails.
         self._listener.setServiceParent(self)
+        self.router.setServiceParent(self)
 
     @property
     def keepalive(self) -> float:
@@ -151,10 +153,19 @@ class IndiServer(MultiService):
             self.stopped.callback(None)
 
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening and stop the drivers, then hang up on the clients,
+        so they still hear of the devices going away.
+        """
         self._stop = True
         d = defer.maybeDeferred(super().stopService)
+        d.addBoth(self._close_clients)
         d.addBoth(lambda result: (self._fire_stopped(None), result)[1])
         return d
+
+    def _close_clients(self, result: object) -> defer.Deferred[object]:
+        closing = [client.close() for client in list(self.router.clients)]
+        return defer.gatherResults(closing).addCallback(lambda _: result)
 
     def run(self) -> None:
         """

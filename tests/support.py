@@ -8,12 +8,31 @@ from __future__ import annotations
 import os
 import shutil
 
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SkipTest
 
 from indiserv.link import Link
 from indiserv.wire import Message, Parser, WireError
 
+import indiserv
+
 REQUIRE_INTEROP = os.environ.get("INDISERV_REQUIRE_INTEROP") == "1"
+
+#: Where the indiserv being tested lives, for child processes (trial runs
+#: tests inside _trial_temp, away from the source tree).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(indiserv.__file__)))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process that must import this indiserv."""
+    env = dict(os.environ, **extra)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + path if path else "")
+    return env
 
 
 def require_programs(*programs: str) -> None:
@@ -29,18 +48,51 @@ def require_programs(*programs: str) -> None:
         raise SkipTest(why)
 
 
-class RecordingLink(Link):
+class MessageLog:
+    """Keeps the INDI messages a test peer received, and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.received: list[Message] = []
+        self._waiting: list[tuple[Callable[[Message], bool], defer.Deferred[Message]]] = []
+
+    def arrived(self, message: Message) -> None:
+        self.received.append(message)
+        for waiting in list(self._waiting):
+            if waiting[0](message):
+                self._waiting.remove(waiting)
+                waiting[1].callback(message)
+
+    def wait_for(self, matches: Callable[[Message], bool]) -> defer.Deferred[Message]:
+        """Fires with the first message, already here or still to come, that C{matches}."""
+        for message in self.received:
+            if matches(message):
+                return defer.succeed(message)
+        d: defer.Deferred[Message] = defer.Deferred()
+        self._waiting.append((matches, d))
+        return d
+
+    def tags(self) -> list[str]:
+        return [message.tag for message in self.received]
+
+    def take(self) -> list[Message]:
+        """What arrived since the last call."""
+        received, self.received = self.received, []
+        return received
+
+
+class RecordingLink(Link, MessageLog):
     """A link whose peer is the test: it keeps every message sent to it."""
 
     def __init__(self, kind: str, label: str):
-        super().__init__()
+        Link.__init__(self)
+        MessageLog.__init__(self)
         self.kind = kind
         self.label = label
-        self.received: list[Message] = []
         self.wire_errors: list[WireError] = []
 
     def write(self, data: bytes) -> None:
-        self.received.extend(Parser().feed(data))
+        for message in Parser().feed(data):
+            self.arrived(message)
 
     def wire_error(self, error: WireError) -> bool:
         self.wire_errors.append(error)
@@ -50,10 +102,29 @@ class RecordingLink(Link):
         """Bytes from this peer to the router."""
         self.bytes_received(data)
 
-    def tags(self) -> list[str]:
-        return [message.tag for message in self.received]
 
-    def take(self) -> list[Message]:
-        """What arrived since the last call."""
-        received, self.received = self.received, []
-        return received
+class TestClient(Protocol, MessageLog):
+    """An INDI client over a real connection, driven by the test."""
+
+    def __init__(self) -> None:
+        MessageLog.__init__(self)
+        self.parser = Parser()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        for message in self.parser.feed(data):
+            self.arrived(message)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+    def say(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def connect_client(port: int, host: str = "127.0.0.1") -> defer.Deferred[TestClient]:
+    """Connect a L{TestClient} to a server listening on C{host:port}."""
+    from twisted.internet import reactor
+
+    endpoint = TCP4ClientEndpoint(reactor, host, port)
+    return connectProtocol(endpoint, TestClient())

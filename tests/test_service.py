@@ -1,0 +1,143 @@
+"""
+Tests for L{indiserv.service.IndiServer}: the public server object, over real TCP.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from indiserv import IndiServer
+from indiserv.service import endpoint_description
+
+from .support import child_env, connect_client
+
+SIMULATOR = "indiserv Simulator"
+
+
+class EndpointDescriptionTests(SynchronousTestCase):
+    def test_number(self) -> None:
+        """A port number listens on TCP at the given host."""
+        self.assertEqual(endpoint_description(7624, "localhost"), "tcp:7624:interface=localhost")
+        self.assertEqual(endpoint_description("7624", "0.0.0.0"), "tcp:7624:interface=0.0.0.0")
+
+    def test_ipv6_host_escaped(self) -> None:
+        """Colons of an IPv6 host are escaped for the endpoint parser."""
+        self.assertEqual(endpoint_description(1, "::1"), "tcp:1:interface=\\:\\:1")
+
+    def test_endpoint_string(self) -> None:
+        """Anything else is an endpoint string already."""
+        self.assertEqual(endpoint_description("unix:/tmp/indi.sock"), "unix:/tmp/indi.sock")
+
+
+class IndiServerTests(TestCase):
+    timeout = 30
+
+    def make_server(self, **kwargs) -> IndiServer:
+        server = IndiServer(host="127.0.0.1", port=0, **kwargs)
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        return server
+
+    def add_simulator(self, server: IndiServer) -> None:
+        server.add_exdriver(sys.executable, "-m", "indiserv.simulator").env = child_env()
+
+    @defer.inlineCallbacks
+    def test_serves_driver_to_client(self):
+        """A client of a started server sees the definitions of its executable driver."""
+        server = self.make_server()
+        self.add_simulator(server)
+        server.startService()
+        yield server.listening
+        self.assertNotEqual(server.port, 0)
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertEqual(defined.device, SIMULATOR)
+
+    @defer.inlineCallbacks
+    def test_tcp_nodelay(self):
+        """Client sockets have Nagle's algorithm off."""
+        server = self.make_server()
+        server.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<pingRequest uid='1'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        (link,) = server.router.clients
+        self.assertTrue(link.transport.getTcpNoDelay())
+
+    @defer.inlineCallbacks
+    def test_send_message(self):
+        """send_message reaches connected clients with the given timestamp."""
+        server = self.make_server()
+        server.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<pingRequest uid='1'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        server.send_message("Clouds", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+        said = yield client.wait_for(lambda m: m.tag == "message")
+        self.assertEqual(said.attrs["message"], "Clouds")
+        self.assertEqual(said.attrs["timestamp"], "2026-01-02T03:04:05")
+
+    @defer.inlineCallbacks
+    def test_shutdown(self):
+        """shutdown tells clients why, ends drivers and connections, sets stop and fires stopped."""
+        server = self.make_server()
+        self.add_simulator(server)
+        server.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertFalse(server.stop)
+        stopped = server.shutdown("Observatory closing")
+        self.assertTrue(server.stop)
+        said = yield client.wait_for(
+            lambda m: m.tag == "message" and m.attrs.get("message") == "Observatory closing"
+        )
+        self.assertIsNone(said.device)
+        yield stopped
+        self.assertIs(stopped, server.stopped)
+        self.assertFalse(server.running)
+        yield client.lost
+
+    @defer.inlineCallbacks
+    def test_port_in_use(self):
+        """A port that cannot be bound stops startup with an error."""
+        first = self.make_server()
+        first.startService()
+        yield first.listening
+        second = IndiServer(host="127.0.0.1", port=first.port)
+        self.assertRaises(CannotListenError, second.startService)
+
+    def test_keepalive_setting(self) -> None:
+        """keepalive is 30 by default and settable before start."""
+        server = IndiServer(port=0)
+        self.assertEqual(server.keepalive, 30)
+        server.keepalive = 5
+        self.assertEqual(server.router.keepalive, 5)
+        self.assertEqual((server.host, server.maxconnections), ("localhost", 10))
+
+    @defer.inlineCallbacks
+    def test_embedded_in_application(self):
+        """An IndiServer runs as a child of any Twisted service tree."""
+        application = MultiService()
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.setServiceParent(application)
+        application.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        client.say(b"<pingRequest uid='x'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        yield application.stopService()
+        yield client.lost
+        self.assertTrue(server.stopped.called)
