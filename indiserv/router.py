@@ -257,7 +257,10 @@ class Router(Service):
             if owner is not source:
                 owner.send(message)
             return
-        for link in self._drivers_and_remotes():
+        # A local driver of a device not seen yet will announce it anyway
+        # when it starts; only a remote server might already have it.
+        receivers = self.remotes if device else self._drivers_and_remotes()
+        for link in receivers:
             if link is not source:
                 link.send(message)
 

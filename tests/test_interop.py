@@ -1,0 +1,235 @@
+"""
+indiserv with real indilib programs (Debian package indi-bin): drivers,
+indi_getprop, indi_setprop, indi_eval, and indilib's own indiserver for
+comparison.  Every server listens on 127.0.0.1 with an OS-assigned port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from indiserv import IndiServer
+
+from .support import PACKAGE_ROOT, child_env, connect_client, require_programs
+from .test_tap import TWISTD, _Collect
+
+TELESCOPE = "Telescope Simulator"
+CCD = "CCD Simulator"
+
+# A driver that snoops one property of the telescope and reports, as INDI
+# messages of its own device, every message the server sends it.
+SNOOPER = """
+import os, sys
+from indiserv import wire
+out = sys.stdout.buffer
+out.write(b"<getProperties version='1.7' device='Telescope Simulator' name='EQUATORIAL_EOD_COORD'/>")
+out.flush()
+parser = wire.Parser()
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    for m in parser.feed(data):
+        text = f"got {m.tag} {m.device}.{m.name}"
+        out.write(wire.message(text, device="Snooper").raw)
+        out.flush()
+"""
+
+
+def free_port() -> int:
+    """A port number the OS just handed out (for indiserver, which needs a number)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def terminate(process, watch: _Collect) -> defer.Deferred[None]:
+    """Stop a server process started by a test, if it still runs."""
+    try:
+        process.signalProcess("TERM")
+    except ProcessExitedAlready:
+        pass
+    return watch.ended
+
+
+class InteropTestCase(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        require_programs(
+            "indiserver", "indi_simulator_telescope", "indi_simulator_ccd",
+            "indi_getprop", "indi_setprop", "indi_eval",
+        )
+        # Drivers keep settings under ~/.indi: give them a home of their own.
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.env = child_env(HOME=self.home)
+
+    @defer.inlineCallbacks
+    def indiserv(self, *drivers: str):
+        server = IndiServer(host="127.0.0.1", port=0)
+        for driver in drivers:
+            server.add_exdriver(*driver.split()).env = self.env
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        return server
+
+    def run_tool(self, *argv: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        return getProcessOutputAndValue(argv[0], argv[1:], env=self.env)
+
+    @defer.inlineCallbacks
+    def getprop(self, port: int, *specs: str, seconds: int = 2):
+        out, err, code = yield self.run_tool(
+            "indi_getprop", "-h", "127.0.0.1", "-p", str(port), "-t", str(seconds), *specs
+        )
+        return sorted(out.decode().splitlines()), code
+
+    @defer.inlineCallbacks
+    def indiserver(self, *drivers: str):
+        """indilib's indiserver, for comparison; fires with its port once it listens."""
+        port = free_port()
+        watch = self.indiserver_output = _Collect(rb"listening to port \d+")
+        process = reactor.spawnProcess(
+            watch, "/usr/bin/indiserver",
+            # A short unix socket path of its own: two indiservers would
+            # collide on the default one, and long paths do not fit.
+            ["indiserver", "-v", "-p", str(port), "-u", f"/tmp/indiserv-test-{port}.sock", *drivers],
+            env=self.env,
+        )
+
+        self.addCleanup(terminate, process, watch)
+        try:
+            yield watch.seen
+        except AssertionError as e:
+            self.fail(f"indiserver did not start: {e}")
+        return port
+
+
+class GetPropTests(InteropTestCase):
+    @defer.inlineCallbacks
+    def test_same_properties_as_indiserver(self):
+        """indi_getprop prints the same property lines through indiserv as through indiserver."""
+        ours = yield self.indiserv("indi_simulator_telescope")
+        theirs_port = yield self.indiserver("indi_simulator_telescope")
+        (ours_lines, ours_code), (theirs_lines, theirs_code) = yield defer.gatherResults(
+            [self.getprop(ours.port), self.getprop(theirs_port)]
+        )
+        self.assertEqual(ours_code, 0)
+        self.assertEqual(theirs_code, 0, self.indiserver_output.output)
+        self.assertTrue(any(line.startswith(TELESCOPE + ".CONNECTION.") for line in ours_lines))
+        self.assertEqual(ours_lines, theirs_lines)
+
+    @defer.inlineCallbacks
+    def test_twistd_serves_both_simulators(self):
+        """indi_getprop lists both devices served by twistd -n indiserver."""
+        watch = _Collect(rb"listening on .*port=(\d+)")
+        process = reactor.spawnProcess(
+            watch, sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0",
+             "--host", "127.0.0.1", "indi_simulator_telescope", "indi_simulator_ccd"],
+            env=self.env, path=PACKAGE_ROOT,
+        )
+
+        self.addCleanup(terminate, process, watch)
+        listening = yield watch.seen
+        lines, code = yield self.getprop(int(listening.group(1)))
+        self.assertEqual(code, 0)
+        devices = {line.split(".", 1)[0] for line in lines}
+        self.assertEqual(devices, {TELESCOPE, CCD})
+
+
+class ControlTests(InteropTestCase):
+    @defer.inlineCallbacks
+    def test_setprop_connects_and_eval_sees_it(self):
+        """indi_setprop connects the telescope through indiserv and indi_eval sees it connected."""
+        server = yield self.indiserv("indi_simulator_telescope")
+        port = str(server.port)
+        out, err, code = yield self.run_tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", port, f"{TELESCOPE}.CONNECTION.CONNECT=On"
+        )
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.run_tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", port, "-t", "10", "-w",
+            f'"{TELESCOPE}.CONNECTION.CONNECT"==1',
+        )
+        self.assertEqual(code, 0, out + err)
+
+    @defer.inlineCallbacks
+    def test_ccd_blob_only_to_client_that_enabled_it(self):
+        """A CCD exposure's image reaches the client that enabled BLOBs and not the one that did not."""
+        server = yield self.indiserv("indi_simulator_ccd")
+        wants, refuses = yield defer.gatherResults(
+            [connect_client(server.port), connect_client(server.port)]
+        )
+        for client in (wants, refuses):
+            self.addCleanup(client.transport.loseConnection)
+            client.say(b"<getProperties version='1.7'/>")
+        wants.say(b"<enableBLOB device='CCD Simulator'>Also</enableBLOB>")
+        yield wants.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        wants.say(
+            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield wants.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "CCD_EXPOSURE")
+        out, err, code = yield self.run_tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(server.port),
+            f"{CCD}.CCD_EXPOSURE.CCD_EXPOSURE_VALUE=1",
+        )
+        self.assertEqual(code, 0, err)
+        image = yield wants.wait_for(lambda m: m.tag == "setBLOBVector" and m.blob)
+        self.assertEqual(image.name, "CCD1")
+        self.assertGreater(len(image.raw), 100_000)
+        # Everything sent to both before this reply has arrived.
+        refuses.say(b"<pingRequest uid='after-image'/>")
+        yield refuses.wait_for(lambda m: m.tag == "pingReply")
+        self.assertFalse([m for m in refuses.received if m.blob])
+        self.assertIn("setNumberVector", refuses.tags())
+
+
+class SnoopTests(InteropTestCase):
+    @defer.inlineCallbacks
+    def test_snooper_gets_what_it_asked_for_only(self):
+        """A snooping driver receives its snooped telescope property and nothing else."""
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SNOOPER)
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_exdriver("indi_simulator_telescope").env = self.env
+        server.add_exdriver("indi_simulator_ccd").env = self.env
+        server.add_exdriver(sys.executable, script).env = self.env
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(
+            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield client.wait_for(
+            lambda m: m.device == "Snooper"
+            and "EQUATORIAL_EOD_COORD" in m.attrs.get("message", "")
+            and m.attrs["message"].startswith("got set")
+        )
+        # Also connect the CCD, whose traffic the snooper must not see.
+        client.say(
+            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield client.wait_for(lambda m: m.device == CCD and m.name == "CCD_EXPOSURE")
+        reports = [m.attrs["message"] for m in client.received if m.device == "Snooper"]
+        pattern = re.compile(
+            r"got (getProperties None\.None|(def|set)NumberVector Telescope Simulator\.EQUATORIAL_EOD_COORD)$"
+        )
+        self.assertEqual([r for r in reports if not pattern.match(r)], [])

@@ -1,0 +1,151 @@
+"""
+Tests for L{indiserv.tap} and the twistd plugin: options, service, discovery.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from indiserv.service import IndiServer
+from indiserv.tap import Options, makeService
+
+from .support import PACKAGE_ROOT, child_env, connect_client
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """Without options: port 7624 on localhost, 10 connections, keepalive 30, quiet."""
+        options = parse()
+        self.assertEqual(options["endpoint"], "tcp:7624:interface=localhost")
+        self.assertEqual(options["max-connections"], 10)
+        self.assertEqual(options["keepalive"], 30.0)
+        self.assertEqual(options["verbose"], 0)
+        self.assertEqual(options["drivers"], [])
+
+    def test_port_and_host(self) -> None:
+        """A numeric --port listens at --host."""
+        options = parse("--port", "7700", "--host", "0.0.0.0")
+        self.assertEqual(options["endpoint"], "tcp:7700:interface=0.0.0.0")
+
+    def test_endpoint_string(self) -> None:
+        """--port also takes any server endpoint string."""
+        options = parse("--port", "unix:/tmp/indi-test.sock")
+        self.assertEqual(options["endpoint"], "unix:/tmp/indi-test.sock")
+
+    def test_verbose_repeatable(self) -> None:
+        """-v may be repeated, as with indiserver."""
+        self.assertEqual(parse("-vvv")["verbose"], 3)
+        self.assertEqual(parse("-v", "--verbose")["verbose"], 2)
+
+    def test_drivers_with_arguments(self) -> None:
+        """Each positional argument is a driver; one quoted word may carry its arguments."""
+        options = parse("sh", "sh -c 'exit 0'")
+        self.assertEqual(options["drivers"], [["sh"], ["sh", "-c", "exit 0"]])
+
+    def test_missing_driver(self) -> None:
+        """A driver that is not on PATH is a usage error naming it."""
+        error = self.assertRaises(UsageError, parse, "indi_no_such_driver")
+        self.assertIn("indi_no_such_driver", str(error))
+
+    def test_bad_numbers(self) -> None:
+        """Nonsensical limits are usage errors."""
+        self.assertRaises(UsageError, parse, "--max-connections", "0")
+        self.assertRaises(UsageError, parse, "--keepalive", "-1")
+        self.assertRaises(UsageError, parse, "--max-connections", "many")
+
+    def test_make_service(self) -> None:
+        """makeService builds an IndiServer with the options and one child per driver."""
+        server = makeService(parse("--port", "0", "--keepalive", "0", "--max-connections", "3", "-vv", "sh"))
+        self.assertIsInstance(server, IndiServer)
+        self.assertEqual(server.keepalive, 0)
+        self.assertEqual(server.maxconnections, 3)
+        self.assertEqual(server.router.verbose, 2)
+        drivers = [child for child in server if getattr(child, "program", None) == "sh"]
+        self.assertEqual(len(drivers), 1)
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        """twistd finds the indiserver plugin and it provides IServiceMaker."""
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("indiserver", makers)
+        maker = makers["indiserver"]
+        self.assertTrue(verifyObject(IServiceMaker, maker))
+        self.assertTrue(IPlugin.providedBy(maker))
+        self.assertIs(maker.options, Options)
+
+
+class _Collect(ProcessProtocol):
+    """Gathers a process's output and fires when a pattern shows up in it."""
+
+    def __init__(self, pattern: bytes) -> None:
+        self.output = b""
+        self.pattern = re.compile(pattern)
+        self.seen: defer.Deferred[re.Match[bytes]] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        found = self.pattern.search(self.output)
+        if found and not self.seen.called:
+            self.seen.callback(found)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        if not self.seen.called:
+            self.seen.errback(AssertionError(self.output.decode("utf-8", "replace")))
+        self.ended.callback(None)
+
+
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+class TwistdSmokeTests(TestCase):
+    """The command users run: twistd -n indiserver."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_twistd_serves_driver(self):
+        """twistd -n indiserver serves the demo driver to a TCP client and stops on SIGTERM."""
+        bin_dir = os.path.abspath(self.mktemp())
+        os.makedirs(bin_dir)
+        script = os.path.join(bin_dir, "indiserv-test-simulator")
+        with open(script, "w") as f:
+            f.write(f"#!/bin/sh\nexec {sys.executable} -m indiserv.simulator\n")
+        os.chmod(script, 0o755)
+        output = _Collect(rb"listening on .*port=(\d+)")
+        process = reactor.spawnProcess(
+            output,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver",
+             "--port", "0", "--host", "127.0.0.1", "-v", script],
+            env=child_env(),
+            path=PACKAGE_ROOT,
+        )
+        listening = yield output.seen
+        client = yield connect_client(int(listening.group(1)))
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertEqual(defined.device, "indiserv Simulator")
+        process.signalProcess("TERM")
+        yield output.ended
+        yield client.lost
+        self.assertIn(b"indiserv-simulator: serving device", output.output)
