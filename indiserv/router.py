@@ -128,7 +128,7 @@ class Router(Service):
         """Start routing to and from C{link}."""
         link.router = self
         self._registry(link)[link] = None
-        self.event("{link} attached", link=link)
+        self.event("{link} attached", link=link.label)
 
     def remove_link(self, link: Link, reason: str | None = None) -> None:
         """
@@ -148,7 +148,7 @@ class Router(Service):
         if reason:
             self.send_message(reason)
         link.router = None
-        self.event("{link} detached", link=link)
+        self.event("{link} detached", link=link.label)
 
     def event(self, format: str, **fields: object) -> None:
         """Log a key event (connections, drivers, devices) at verbosity 1 and up."""
@@ -169,7 +169,7 @@ class Router(Service):
             self.log.debug(
                 "dropped {tag} from {source}: no route",
                 tag=message.tag,
-                source=source,
+                source=source.label,
             )
             return
         handler(message, source)
@@ -178,12 +178,12 @@ class Router(Service):
         if self.verbose >= 3:
             self.log.info(
                 "{source}: {xml}",
-                source=source,
+                source=source.label,
                 xml=message.raw.decode("utf-8", "replace").strip(),
             )
         else:
             self.log.info(
-                "{source}: {summary}", source=source, summary=message.summary()
+                "{source}: {summary}", source=source.label, summary=message.summary()
             )
 
     def _consume(self, message: Message, source: Link) -> None:
@@ -217,7 +217,7 @@ class Router(Service):
             self.log.debug(
                 "dropped {summary} from {source}: no such device",
                 summary=message.summary(),
-                source=source,
+                source=source.label,
             )
             return
         # Other clients learn what was asked, as with indiserver.
@@ -232,7 +232,7 @@ class Router(Service):
             self.log.debug(
                 "ignored enableBLOB {text!r} from {source}",
                 text=message.text,
-                source=source,
+                source=source.label,
             )
 
     def _driver_command(self, message: Message, source: Link) -> None:
@@ -248,7 +248,7 @@ class Router(Service):
         snooped.add(message.name)
         self.event(
             "{link} snoops {device}.{name}",
-            link=source,
+            link=source.label,
             device=device or "*",
             name=message.name or "*",
         )
@@ -270,7 +270,7 @@ class Router(Service):
         ) and source not in self._snoops.get(None, ()):
             self.log.debug(
                 "ignored enableBLOB from {source}: it does not snoop {device}",
-                source=source,
+                source=source.label,
                 device=message.device,
             )
             return
@@ -284,7 +284,7 @@ class Router(Service):
                 if message.tag == "delProperty":
                     return self._deliver(message, source)
                 self.owners[device] = source
-                self.event("{link} owns device {device}", link=source, device=device)
+                self.event("{link} owns device {device}", link=source.label, device=device)
             elif owner is not source:
                 return self._clash(device, owner, source)
         self._deliver(message, source)
@@ -319,8 +319,8 @@ class Router(Service):
             "device {device} from {source} is already served by {owner};"
             " its messages are dropped",
             device=device,
-            source=source,
-            owner=owner,
+            source=source.label,
+            owner=owner.label,
         )
         self.send_message(
             f"Device {device} is already served by {owner.label};"

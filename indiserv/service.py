@@ -17,7 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from zope.interface import implementer
 
 from indiserv.client import ClientFactory
@@ -170,9 +170,15 @@ class IndiServer(MultiService):
     def run(self) -> None:
         """
         Start the reactor, serve until L{shutdown} (or SIGINT/SIGTERM), and
-        return once everything has stopped.
+        return once everything has stopped.  Logs go to the standard
+        C{logging} module, as with IPyServer.
         """
         reactor = self.reactor
+        # Like IPyServer, log through the standard logging module, so
+        # logging.basicConfig() (or nothing, for silence) decides.
+        globalLogBeginner.beginLoggingTo(
+            [STDLibLogObserver()], redirectStandardIO=False
+        )
 
         def start() -> None:
             try:
