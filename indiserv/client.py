@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from indiserv import wire
 from indiserv.link import CLIENT, Link
 from indiserv.router import Router
-from indiserv.wire import WireError
+from indiserv.wire import Limits, WireError
 
 __all__ = ["ClientProtocol", "ClientFactory", "DEFAULT_MAX_CLIENT_ELEMENT"]
 
@@ -40,7 +40,7 @@ class ClientProtocol(Protocol, Link):
 
     log = Logger()
     kind = CLIENT
-    max_element = DEFAULT_MAX_CLIENT_ELEMENT
+    limits = Limits(max_element=DEFAULT_MAX_CLIENT_ELEMENT)
     factory: ClientFactory
 
     def __init__(self) -> None:

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from indiserv.blobs import BlobPolicy
-from indiserv.wire import DEFAULT_MAX_ELEMENT, Message, Parser, WireError
+from indiserv.wire import Limits, Message, Parser, WireError
 
 if TYPE_CHECKING:
     from indiserv.router import Router
@@ -43,13 +43,14 @@ class Link:
     log = Logger()
     kind = CLIENT
     label = "link"
-    max_element = DEFAULT_MAX_ELEMENT
+    #: What one element from this peer may be: set per link kind.
+    limits = Limits()
 
     router: Router | None = None
 
     def __init__(self) -> None:
         self.blob_policy = BlobPolicy()
-        self.parser = Parser(self.max_element)
+        self.parser = Parser(self.limits)
         self.bytes_sent = 0
 
     def __repr__(self) -> str:

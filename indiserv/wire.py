@@ -17,6 +17,7 @@ Nothing here imports Twisted: this module is pure data handling.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from xml.parsers import expat
 
@@ -34,10 +35,33 @@ __all__ = [
     "ping_reply",
     "timestamp",
     "DEFAULT_MAX_ELEMENT",
+    "Limits",
 ]
 
 #: Large enough for a 100-megapixel 16-bit frame, base64-encoded.
 DEFAULT_MAX_ELEMENT = 300 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    What one stream may make the parser hold or accept.
+
+    @ivar max_element: bytes of one top-level element, BLOBs included.
+    @ivar max_attributes: attributes on any one element.
+    @ivar max_attribute_length: characters of any one attribute value.
+    @ivar max_depth: nesting of elements (INDI itself needs 2).
+    """
+
+    max_element: int = DEFAULT_MAX_ELEMENT
+    max_attributes: int = 64
+    max_attribute_length: int = 64 * 1024
+    max_depth: int = 8
+
+    @property
+    def max_start_tag(self) -> int:
+        """The longest start tag these limits allow, with room for names."""
+        return self.max_attributes * (self.max_attribute_length + 256) + 256
 
 _NAME = rb"[A-Za-z_:][-A-Za-z0-9_.:]*"
 _ATTRIBUTE = rb"\s+" + _NAME + rb"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*')"
@@ -103,11 +127,13 @@ class Message:
     @ivar raw: the element exactly as it arrived (or was built).
     @ivar blob: C{True} when the element carries C{oneBLOB} children, that is
         BLOB data, as opposed to a definition or a bare state change.
+    @ivar stream: C{True} when a BLOB's format says it is a video stream
+        frame, which a client that is far behind may skip.
     @ivar text: the character data directly inside the element (used by
         C{enableBLOB}); empty for everything else.
     """
 
-    __slots__ = ("tag", "device", "name", "attrs", "raw", "blob", "text")
+    __slots__ = ("tag", "device", "name", "attrs", "raw", "blob", "stream", "text")
 
     def __init__(
         self,
@@ -123,6 +149,7 @@ class Message:
         self.name = attrs.get("name")
         self.raw = raw
         self.blob = blob
+        self.stream = False
         self.text = text
 
     def __repr__(self) -> str:
@@ -136,24 +163,44 @@ class Message:
 
 
 class _Inspector:
-    """Collects the top element's name, attributes and text during one expat run."""
+    """
+    Collects the top element's name, attributes and text during one expat
+    run, and enforces the attribute and depth limits on every element.
+    """
 
-    __slots__ = ("depth", "tag", "attrs", "blob", "text")
+    __slots__ = ("limits", "depth", "tag", "attrs", "blob", "stream", "text")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.depth = 0
         self.tag = ""
         self.attrs: dict[str, str] = {}
         self.blob = False
+        self.stream = False
         self.text: list[str] = []
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
+        limits = self.limits
+        if len(attrs) > limits.max_attributes:
+            raise MalformedElement(
+                f"<{name}> has {len(attrs)} attributes (limit {limits.max_attributes})"
+            )
+        for value in attrs.values():
+            if len(value) > limits.max_attribute_length:
+                raise MalformedElement(
+                    f"an attribute of <{name}> is longer than"
+                    f" {limits.max_attribute_length} characters"
+                )
         if self.depth == 0:
             self.tag = name
             self.attrs = attrs
         elif name == "oneBLOB":
             self.blob = True
+            if "stream" in attrs.get("format", ""):
+                self.stream = True
         self.depth += 1
+        if self.depth > limits.max_depth:
+            raise MalformedElement(f"elements nested deeper than {limits.max_depth}")
 
     def end(self, name: str) -> None:
         self.depth -= 1
@@ -169,7 +216,7 @@ class _Inspector:
         raise MalformedElement("entity declarations are not allowed")
 
 
-def _inspect(raw: bytes) -> Message:
+def _inspect(raw: bytes, limits: Limits) -> Message:
     """
     Prove C{raw} is one well-formed element and read its routing keys.
 
@@ -180,7 +227,7 @@ def _inspect(raw: bytes) -> Message:
     checked = raw
     if _BLOB_START in raw:
         checked = _without_blob_bodies(raw)
-    inspector = _Inspector()
+    inspector = _Inspector(limits)
     parser = expat.ParserCreate("UTF-8")
     parser.StartElementHandler = inspector.start
     parser.EndElementHandler = inspector.end
@@ -194,13 +241,15 @@ def _inspect(raw: bytes) -> Message:
         raise MalformedElement(
             f"not well-formed XML ({expat.ErrorString(e.code)}, offset {e.offset})"
         ) from None
-    return Message(
+    message = Message(
         inspector.tag,
         inspector.attrs,
         raw,
         inspector.blob,
         "".join(inspector.text).strip(),
     )
+    message.stream = inspector.stream
+    return message
 
 
 def _without_blob_bodies(raw: bytes) -> bytes:
@@ -238,11 +287,11 @@ class Parser:
     that can begin an INDI message, so a caller that wants to go on (a
     driver link) calls C{feed(b"")} to get what follows.
 
-    @ivar max_element: the largest element, in bytes, it will hold.
+    @ivar limits: the L{Limits} it enforces.
     """
 
-    def __init__(self, max_element: int = DEFAULT_MAX_ELEMENT):
-        self.max_element = max_element
+    def __init__(self, limits: Limits = Limits()):
+        self.limits = limits
         self._buffer = bytearray()
         # The element being read (always at offset 0 of the buffer), if any.
         self._end_tag: bytes | None = None
@@ -271,12 +320,12 @@ class Parser:
         except WireError as e:
             e.messages = messages
             raise
-        if len(buffer) > self.max_element:
+        if len(buffer) > self.limits.max_element:
             # Drop the oversized element's "<" so resynchronising moves past it.
             self._fail_resync(1)
             self._resync()
             raise ElementTooLarge(
-                f"element larger than {self.max_element} bytes", messages
+                f"element larger than {self.limits.max_element} bytes", messages
             )
         return messages
 
@@ -327,6 +376,11 @@ class Parser:
         start_tag = _START_TAG.match(buffer)
         if start_tag is None:
             if _PARTIAL_START_TAG.match(buffer):
+                if len(buffer) > self.limits.max_start_tag:
+                    self._fail_resync(1)
+                    raise ElementTooLarge(
+                        f"start tag longer than {self.limits.max_start_tag} bytes"
+                    )
                 return False
             self._fail_resync(1)
             raise MalformedElement("malformed start tag")
@@ -372,7 +426,7 @@ class Parser:
         raw = bytes(self._buffer[:end])
         del self._buffer[:end]
         self._search_from = 0
-        messages.append(_inspect(raw))
+        messages.append(_inspect(raw, self.limits))
 
 
 def timestamp(when: datetime | None = None) -> str:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from indiserv import wire
-from indiserv.wire import ElementTooLarge, MalformedElement, Parser, WireError
+from indiserv.wire import ElementTooLarge, Limits, MalformedElement, Parser, WireError
 
 # What an indilib driver writes: a declaration before every message.
 STREAM = (
@@ -177,7 +177,7 @@ class MalformedTests(SynchronousTestCase):
 
     def test_element_too_large(self) -> None:
         """An element that grows past the limit is refused and its bytes released."""
-        parser = Parser(max_element=1000)
+        parser = Parser(Limits(max_element=1000))
         parser.feed(b"<setBLOBVector device='a' name='b'><oneBLOB>")
         self.assertRaises(ElementTooLarge, parser.feed, b"A" * 2000)
         self.assertLessEqual(parser.pending, 100)
@@ -203,7 +203,7 @@ class PropertyTests(SynchronousTestCase):
     @given(st.binary(max_size=300), st.binary(max_size=300))
     def test_any_bytes_only_wire_errors(self, first: bytes, second: bytes) -> None:
         """Arbitrary bytes never raise anything but WireError, and stay under the limit."""
-        parser = Parser(max_element=256)
+        parser = Parser(Limits(max_element=256, max_attribute_length=16, max_attributes=2))
         for chunk in (first, second, b""):
             try:
                 parser.feed(chunk)
