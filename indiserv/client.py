@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from indiserv import wire
 from indiserv.link import CLIENT, Link
 from indiserv.router import Router
-from indiserv.wire import Limits, WireError
+from indiserv.wire import Limits, Message, WireError
 
 __all__ = ["ClientProtocol", "ClientFactory", "DEFAULT_MAX_CLIENT_ELEMENT"]
 
@@ -69,6 +69,7 @@ class ClientProtocol(Protocol, Link):
             self.transport.loseConnection()
             return
         factory.router.add_link(self)
+        self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self.router is not None:
@@ -87,6 +88,27 @@ class ClientProtocol(Protocol, Link):
         self.transport.write(wire.message(f"Disconnected: {error.reason}").raw)
         self.transport.loseConnection()
         return False
+
+    def overflow(self, message: Message) -> bool:
+        router = self.router
+        assert router is not None
+        self.log.warn(
+            "disconnecting {client}: {queued} bytes behind (--max-queue {limit})"
+            " and not catching up",
+            client=self.label,
+            queued=self.queued,
+            limit=router.max_queue,
+        )
+        router.remove_link(self)
+        self.stopProducing()
+        self.transport.abortConnection()
+        return False
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
 
     def close(self) -> defer.Deferred[None]:
         """Hang up once what was queued for the client is written."""

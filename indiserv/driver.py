@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from indiserv import wire
 from indiserv.link import DRIVER, Link
 from indiserv.router import Router
-from indiserv.wire import WireError
+from indiserv.wire import Message, WireError
 
 __all__ = ["DriverProcessProtocol", "DriverService", "DriverNotFound", "find_driver"]
 
@@ -69,15 +69,42 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         #: Why it ended, once it has.
         self.reason: Failure | None = None
         self._stderr = bytearray()
+        self._refusing: Message | None = None
 
     def connectionMade(self) -> None:
         self.router_to_join.add_link(self)
+        self.transport.registerProducer(self, True)
         # Ask for its definitions, as indiserver does when a driver starts.
         self.write(wire.get_properties().raw)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+
+    def overflow(self, message: Message) -> bool:
+        if self._refusing is None:
+            self.log.warn(
+                "{driver} is not reading its input ({queued} bytes waiting);"
+                " commands to it are dropped until it catches up",
+                driver=self.name,
+                queued=self.queued,
+            )
+        self._refusing = message
+        return False
+
+    def resumeProducing(self) -> None:
+        Link.resumeProducing(self)
+        if not self.paused and self._refusing is not None:
+            self._refusing = None
+            self.log.info("{driver} is reading its input again", driver=self.name)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
 
     def outReceived(self, data: bytes) -> None:
         self.bytes_received(data)

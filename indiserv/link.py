@@ -4,15 +4,25 @@ What every peer of the server has in common: a L{Link}.
 Clients, executable drivers, remote servers and in-process drivers are all
 links.  A link frames what it reads with its own L{Parser}, hands each
 message to the router, and writes whatever the router sends it.  Only how
-bytes travel, and what to do about bad input, differs between kinds.
+bytes travel, and what to do about bad input or a peer that stops
+reading, differs between kinds.
+
+Outbound flow control: a link is registered as the streaming producer of
+its transport.  While the transport has room, messages go straight to it;
+once the transport says "pause", messages wait in the link's own queue,
+which counts its bytes, and the router's limits decide what happens when
+that queue grows too long (see L{Link.send}).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from indiserv.blobs import BlobPolicy
 from indiserv.wire import Limits, Message, Parser, WireError
@@ -27,17 +37,22 @@ DRIVER = "driver"
 REMOTE = "remote"
 
 
+@implementer(IPushProducer)
 class Link:
     """
     One peer of the router.
 
     Subclasses set L{kind}, give a L{label} for logs, and implement
-    L{write} and L{wire_error}.
+    L{write}, L{wire_error} and L{overflow}.
 
     @ivar router: the router this link is attached to, once attached.
     @ivar blob_policy: what C{enableBLOB} asked for on this link: a client's
         BLOB delivery, or a driver's BLOB snooping.
     @ivar bytes_sent: bytes handed to the transport since the link began.
+    @ivar queued: bytes waiting in the link's queue for the peer to read.
+    @ivar paused: the transport asked for no more data for now.
+    @ivar last_drained: when the transport last caught up (clock seconds),
+        or L{None} if it never had to.
     """
 
     log = Logger()
@@ -52,18 +67,105 @@ class Link:
         self.blob_policy = BlobPolicy()
         self.parser = Parser(self.limits)
         self.bytes_sent = 0
+        self.queued = 0
+        self.paused = False
+        self.last_drained: float | None = None
+        self._queue: deque[bytes] = deque()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 
-    def send(self, message: Message) -> None:
-        """Deliver C{message} to this peer, exactly as it arrived."""
-        self.bytes_sent += len(message.raw)
-        self.write(message.raw)
+    # -- outbound ----------------------------------------------------------
+
+    def send(self, message: Message) -> bool:
+        """
+        Deliver C{message} to this peer, exactly as it arrived.
+
+        While the peer keeps up this is a plain write.  While it is behind,
+        the message is queued, unless it is a video stream frame and the
+        queue is over the router's C{max_stream}, or the queue would pass
+        C{max_queue}: then L{overflow} decides.
+
+        @return: whether the message was accepted.
+        """
+        raw = message.raw
+        if not self.paused and not self._queue:
+            self.bytes_sent += len(raw)
+            self.write(raw)
+            return True
+        router = self.router
+        if router is not None:
+            if message.stream and self.queued > router.max_stream:
+                router.stream_skipped += 1
+                return False
+            if self.queued + len(raw) > router.max_queue and not self._bursting(
+                len(raw), router
+            ):
+                return self.overflow(message)
+        self._queue.append(raw)
+        self.queued += len(raw)
+        return True
+
+    def _bursting(self, size: int, router: Router) -> bool:
+        """
+        A peer over the limit that drained within the last C{burst_window}
+        seconds is in a burst it is working through, and gets up to twice
+        the limit; one that has not drained lately is stuck.
+        """
+        if self.last_drained is None:
+            return False
+        recent = router.clock.seconds() - self.last_drained <= router.burst_window
+        return recent and self.queued + size <= 2 * router.max_queue
+
+    @property
+    def saturated(self) -> bool:
+        """Whether this peer is so far behind that its sources should wait."""
+        router = self.router
+        return router is not None and self.queued > router.high_water
 
     def write(self, data: bytes) -> None:
         """Put C{data} on the way to the peer."""
         raise NotImplementedError
+
+    def overflow(self, message: Message) -> bool:
+        """
+        The queue would pass the limit and the peer is not catching up.
+
+        @return: whether C{message} was accepted after all (normally not).
+        """
+        raise NotImplementedError
+
+    # IPushProducer, as seen by our transport
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        router = self.router
+        if router is not None:
+            self.last_drained = router.clock.seconds()
+        queue = self._queue
+        was_saturated = self.saturated
+        while queue and not self.paused:
+            raw = queue.popleft()
+            self.queued -= len(raw)
+            self.bytes_sent += len(raw)
+            self.write(raw)
+        if was_saturated and not self.saturated and router is not None:
+            router.link_drained(self)
+
+    def stopProducing(self) -> None:
+        self._queue.clear()
+        self.queued = 0
+
+    # -- inbound -------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer for now (backpressure on a source)."""
+
+    def resume_reading(self) -> None:
+        """Read from the peer again."""
 
     def close(self) -> Deferred[None]:
         """End the link; the Deferred fires once it has ended."""

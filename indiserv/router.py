@@ -20,7 +20,9 @@ from indiserv import wire
 from indiserv.link import CLIENT, DRIVER, REMOTE, Link
 from indiserv.wire import Message
 
-__all__ = ["Router", "KEEPALIVE_TEXT"]
+__all__ = ["Router", "KEEPALIVE_TEXT", "MiB"]
+
+MiB = 1024 * 1024
 
 KEEPALIVE_TEXT = "Keep alive message"
 
@@ -56,6 +58,18 @@ class Router(Service):
     log = Logger()
     name = "router"
 
+    #: Bytes a peer may have waiting before it is cut off (or, for a
+    #: driver, before commands to it are refused).
+    max_queue = 128 * MiB
+    #: Bytes behind after which a client skips video stream frames.
+    max_stream = 5 * MiB
+    #: Bytes behind at which a peer counts as saturated: when every
+    #: receiver of a driver's output is, the driver's output is paused.
+    high_water = 16 * MiB
+    #: Seconds since a peer last caught up within which it is still
+    #: working through a burst (and may go up to twice max_queue).
+    burst_window = 1.0
+
     def __init__(
         self,
         clock: IReactorTime | None = None,
@@ -67,6 +81,11 @@ class Router(Service):
         self.clock = clock
         self.keepalive = keepalive
         self.verbose = verbose
+        self.stream_skipped = 0
+        self._paused_sources: set[Link] = set()
+        # Snapshot of the clients for delivery loops, so a client cut off
+        # in the middle of a delivery does not disturb the iteration.
+        self._receivers: tuple[Link, ...] = ()
         self.clients: dict[Link, None] = {}
         self.drivers: dict[Link, None] = {}
         self.remotes: dict[Link, None] = {}
@@ -113,7 +132,7 @@ class Router(Service):
     def _keepalive_tick(self) -> None:
         if self._quiet:
             keepalive = wire.message(KEEPALIVE_TEXT)
-            for link in (*self.clients, *self.remotes):
+            for link in (*self._receivers, *self.remotes):
                 link.send(keepalive)
         self._quiet = True
 
@@ -128,6 +147,7 @@ class Router(Service):
         """Start routing to and from C{link}."""
         link.router = self
         self._registry(link)[link] = None
+        self._receivers = tuple(self.clients)
         self.event("{link} attached", link=link.label)
 
     def remove_link(self, link: Link, reason: str | None = None) -> None:
@@ -138,6 +158,10 @@ class Router(Service):
         then given C{reason} as a C{message} when there is one.
         """
         self._registry(link).pop(link, None)
+        self._receivers = tuple(self.clients)
+        self._paused_sources.discard(link)
+        if link.saturated:
+            self.link_drained(link)
         for snoopers in self._snoops.values():
             snoopers.pop(link, None)
         self._clashes = {clash for clash in self._clashes if clash[1] is not link}
@@ -149,6 +173,15 @@ class Router(Service):
             self.send_message(reason)
         link.router = None
         self.event("{link} detached", link=link.label)
+
+    def link_drained(self, link: Link) -> None:
+        """
+        C{link} is no longer saturated: let paused drivers talk again (any
+        whose receivers are all still saturated pauses at its next message).
+        """
+        paused, self._paused_sources = self._paused_sources, set()
+        for source in paused:
+            source.resume_reading()
 
     def event(self, format: str, **fields: object) -> None:
         """Log a key event (connections, drivers, devices) at verbosity 1 and up."""
@@ -208,7 +241,15 @@ class Router(Service):
     def _client_command(self, message: Message, source: Link) -> None:
         owner = self.owners.get(message.device)  # type: ignore[arg-type]
         if owner is not None:
-            owner.send(message)
+            if not owner.send(message):
+                source.send(
+                    wire.message(
+                        f"{owner.label} is not reading its commands:"
+                        f" {message.tag} {message.name} was dropped",
+                        device=message.device,
+                    )
+                )
+                return
         elif self.remotes:
             for remote in self.remotes:
                 remote.send(message)
@@ -221,7 +262,7 @@ class Router(Service):
             )
             return
         # Other clients learn what was asked, as with indiserver.
-        for client in self.clients:
+        for client in self._receivers:
             if client is not source and client.blob_policy.allows(message):
                 client.send(message)
 
@@ -290,14 +331,31 @@ class Router(Service):
         self._deliver(message, source)
 
     def _deliver(self, message: Message, source: Link) -> None:
-        """Send device traffic to clients and snoopers, each as they asked."""
-        for client in self.clients:
+        """
+        Send device traffic to clients and snoopers, each as they asked; if
+        every receiver is saturated, pause the source.
+        """
+        high_water = self.high_water
+        receivers = saturated = 0
+        for client in self._receivers:
             if client.blob_policy.allows(message):
                 client.send(message)
+                receivers += 1
+                saturated += client.queued > high_water
         if self._snoops:
             for snooper in self._snoopers(message):
                 if snooper is not source and snooper.blob_policy.allows(message):
                     snooper.send(message)
+                    receivers += 1
+                    saturated += snooper.queued > high_water
+        if saturated and saturated == receivers and source.router is self:
+            if source not in self._paused_sources:
+                self.log.info(
+                    "pausing {source}: every receiver of its output is behind",
+                    source=source.label,
+                )
+                self._paused_sources.add(source)
+                source.pause_reading()
 
     def _snoopers(self, message: Message) -> list[Link]:
         found = []
@@ -332,5 +390,5 @@ class Router(Service):
     def send_message(self, text: str, timestamp: datetime | None = None) -> None:
         """Send a server C{message} to every client."""
         built = wire.message(text, when=timestamp)
-        for client in self.clients:
+        for client in self._receivers:
             client.send(built)

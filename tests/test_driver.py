@@ -29,12 +29,23 @@ class FakeProcess:
     def __init__(self) -> None:
         self.signals: list[str] = []
         self.written: list[bytes] = []
+        self.producer = None
+        self.reading = True
 
     def signalProcess(self, name: str) -> None:
         self.signals.append(name)
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer = producer
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
 
 
 class FakeProcessReactor(MemoryReactor, Clock):

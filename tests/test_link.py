@@ -1,0 +1,187 @@
+"""
+Tests for L{indiserv.link}: outbound queues, slow peers and backpressure.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from indiserv.client import ClientFactory, ClientProtocol
+from indiserv.driver import DriverProcessProtocol
+from indiserv.link import DRIVER
+from indiserv.router import Router
+from indiserv.wire import Parser
+
+from .support import RecordingLink
+from .test_driver import FakeProcess
+
+KiB = 1024
+
+
+def blob(size: int, name: str = "CCD1", format: str = ".fits") -> bytes:
+    body = b"A" * size
+    return (
+        b"<setBLOBVector device='CCD' name='" + name.encode() + b"'>"
+        b"<oneBLOB name='" + name.encode() + b"' size='1' format='" + format.encode() + b"'>"
+        + body + b"</oneBLOB></setBLOBVector>"
+    )
+
+
+class QueueTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.router = Router(clock=self.clock)
+        self.router.max_queue = 100 * KiB
+        self.router.max_stream = 20 * KiB
+        self.router.high_water = 50 * KiB
+        self.factory = ClientFactory(self.router, maxconnections=10)
+        self.camera = RecordingLink(DRIVER, "driver camera")
+        self.router.add_link(self.camera)
+        self.port = 40000
+
+    def connect(self, blobs: bool = True) -> tuple[ClientProtocol, StringTransport]:
+        self.port += 1
+        address = IPv4Address("TCP", "127.0.0.1", self.port)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        if blobs:
+            protocol.dataReceived(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        return protocol, transport
+
+
+class OutboundQueueTests(QueueTestCase):
+    def test_direct_write_while_keeping_up(self) -> None:
+        """A peer that keeps up gets each message written at once, nothing queued."""
+        client, transport = self.connect()
+        self.camera.say(blob(1000))
+        self.assertEqual(len(Parser().feed(transport.value())), 1)
+        self.assertEqual(client.queued, 0)
+        self.assertIs(transport.producer, client)
+
+    def test_queue_while_paused_then_flush_in_order(self) -> None:
+        """While the transport is full messages wait, counted in bytes, and go out in order on resume."""
+        client, transport = self.connect()
+        client.pauseProducing()
+        self.camera.say(blob(1000, "A") + blob(2000, "B"))
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(client.queued, len(blob(1000, "A")) + len(blob(2000, "B")))
+        client.resumeProducing()
+        self.assertEqual([m.name for m in Parser().feed(transport.value())], ["A", "B"])
+        self.assertEqual(client.queued, 0)
+
+    def test_stuck_client_cut_off(self) -> None:
+        """A client that reads nothing is cut off, with a logged reason, once its queue passes max_queue."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        stuck, stuck_transport = self.connect()
+        reader, reader_transport = self.connect()
+        stuck.pauseProducing()
+        for _ in range(20):
+            self.camera.say(blob(10 * KiB))
+        self.assertNotIn(stuck, self.router.clients)
+        self.assertEqual(stuck.queued, 0)
+        self.assertLessEqual(max(stuck.queued, 0), self.router.max_queue)
+        self.assertTrue(stuck_transport.disconnected)
+        self.assertTrue(any("max-queue" in e["log_format"] for e in logged))
+        # The reading client got every frame.
+        self.assertEqual(len(Parser().feed(reader_transport.value())), 20)
+
+    def test_draining_client_survives_burst(self) -> None:
+        """A client that caught up within the burst window may exceed max_queue (up to twice it)."""
+        client, transport = self.connect()
+        client.pauseProducing()
+        client.resumeProducing()  # it drained just now
+        client.pauseProducing()
+        for _ in range(15):
+            self.camera.say(blob(10 * KiB))
+        self.assertIn(client, self.router.clients)
+        self.assertGreater(client.queued, self.router.max_queue)
+        self.clock.advance(2)
+        self.camera.say(blob(10 * KiB))
+        self.assertNotIn(client, self.router.clients)
+
+    def test_burst_bounded_at_twice_the_limit(self) -> None:
+        """Even a draining client is cut off past twice max_queue."""
+        client, _ = self.connect()
+        client.pauseProducing()
+        client.resumeProducing()
+        client.pauseProducing()
+        for _ in range(25):
+            self.camera.say(blob(10 * KiB))
+        self.assertNotIn(client, self.router.clients)
+
+    def test_stream_frames_skipped_when_behind(self) -> None:
+        """Video stream frames are skipped for a client more than max_stream behind; other BLOBs still queue."""
+        client, transport = self.connect()
+        client.pauseProducing()
+        for _ in range(4):
+            self.camera.say(blob(10 * KiB, "STREAM", ".stream_jpg"))
+        self.camera.say(blob(10 * KiB, "CCD1", ".fits"))
+        client.resumeProducing()
+        names = [m.name for m in Parser().feed(transport.value())]
+        # Two frames put it past 20 KiB behind; the next two are skipped.
+        self.assertEqual(names, ["STREAM", "STREAM", "CCD1"])
+        self.assertEqual(self.router.stream_skipped, 2)
+
+
+class BackpressureTests(QueueTestCase):
+    def test_driver_paused_when_every_receiver_saturated(self) -> None:
+        """A driver's output is paused when every receiver is past high water, and resumed when one drains."""
+        process = FakeProcess()
+        camera = DriverProcessProtocol(self.router, "camera")
+        camera.makeConnection(process)
+        camera.outReceived(b"<defBLOBVector device='Cam' name='X'><defBLOB name='X'/></defBLOBVector>")
+        client, transport = self.connect(blobs=False)
+        client.dataReceived(b"<enableBLOB device='Cam'>Also</enableBLOB>")
+        client.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(4):
+            camera.outReceived(frame)
+        self.assertTrue(process.reading)
+        camera.outReceived(frame)  # now more than 50 KiB behind
+        self.assertFalse(process.reading)
+        client.resumeProducing()
+        self.assertTrue(process.reading)
+
+    def test_driver_not_paused_while_one_receiver_keeps_up(self) -> None:
+        """One saturated client does not hold the driver back while another keeps up."""
+        process = FakeProcess()
+        camera = DriverProcessProtocol(self.router, "camera")
+        camera.makeConnection(process)
+        camera.outReceived(b"<defBLOBVector device='Cam' name='X'><defBLOB name='X'/></defBLOBVector>")
+        slow, _ = self.connect(blobs=False)
+        fast, _ = self.connect(blobs=False)
+        for client in (slow, fast):
+            client.dataReceived(b"<enableBLOB device='Cam'>Also</enableBLOB>")
+        slow.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(8):
+            camera.outReceived(frame)
+        self.assertTrue(process.reading)
+
+    def test_commands_to_stuck_driver_dropped_with_message(self) -> None:
+        """Commands to a driver that stops reading are dropped past max_queue, and the sender told."""
+        process = FakeProcess()
+        driver = DriverProcessProtocol(self.router, "mount")
+        driver.makeConnection(process)
+        driver.outReceived(b"<defTextVector device='Mount' name='T'><defText name='A'/></defTextVector>")
+        client, transport = self.connect(blobs=False)
+        driver.pauseProducing()
+        command = (
+            b"<newTextVector device='Mount' name='T'><oneText name='A'>"
+            + b"x" * (10 * KiB) + b"</oneText></newTextVector>"
+        )
+        for _ in range(12):
+            client.dataReceived(command)
+        self.assertLessEqual(driver.queued, self.router.max_queue)
+        # 9 commands fit in 100 KiB; each of the other 3 is refused and said so.
+        self.assertEqual(driver.queued, 9 * len(command))
+        said = [m for m in Parser().feed(transport.value()) if m.tag == "message"]
+        self.assertEqual(len(said), 3)
+        self.assertIn("not reading", said[0].attrs["message"])
+        self.assertEqual(said[0].device, "Mount")
+        self.assertIn(client, self.router.clients)
