@@ -4,19 +4,24 @@ Tests for L{indiserv.link}: outbound queues, slow peers and backpressure.
 
 from __future__ import annotations
 
+import os
+import sys
+
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
 from indiserv.link import DRIVER
 from indiserv.router import Router
+from indiserv.service import IndiServer
 from indiserv.wire import Parser
 
-from .support import RecordingLink
+from .support import RecordingLink, connect_client
 from .test_driver import FakeProcess
 
 KiB = 1024
@@ -185,3 +190,44 @@ class BackpressureTests(QueueTestCase):
         self.assertIn("not reading", said[0].attrs["message"])
         self.assertEqual(said[0].device, "Mount")
         self.assertIn(client, self.router.clients)
+
+
+BLOB_DRIVER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "blob_driver.py")
+START = (
+    b"<newSwitchVector device='Bench' name='START'><oneSwitch name='START'>On"
+    b"</oneSwitch></newSwitchVector>"
+)
+
+
+class RealSlowClientTests(TestCase):
+    """A never-reading client over real TCP, next to one that reads."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_stuck_client_cut_fast_client_served(self):
+        """While a driver streams BLOBs, a client that stops reading is cut off and the reading one gets every frame."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.router.max_queue = 2 * 1024 * KiB
+        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "60", "--size", str(256 * KiB))
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        slow, fast = yield defer.gatherResults(
+            [connect_client(server.port), connect_client(server.port)]
+        )
+        self.addCleanup(slow.transport.loseConnection)
+        self.addCleanup(fast.transport.loseConnection)
+        for client in (slow, fast):
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+            yield client.wait_for(lambda m: m.name == "START")
+        slow.transport.pauseProducing()  # it reads nothing from now on
+        fast.say(START)
+        yield fast.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        self.assertEqual(len([m for m in fast.received if m.blob]), 60)
+        self.assertEqual(len(server.router.clients), 1)
+        self.assertTrue(any("max-queue" in e["log_format"] for e in logged))
+        slow.transport.resumeProducing()
+        yield slow.lost
+        self.assertLess(len([m for m in slow.received if m.blob]), 60)
