@@ -20,10 +20,11 @@ from indiserv.link import CLIENT, Link
 from indiserv.router import Router
 from indiserv.wire import Limits, Message, WireError
 
-__all__ = ["ClientProtocol", "ClientFactory", "DEFAULT_MAX_CLIENT_ELEMENT"]
+__all__ = ["ClientProtocol", "ClientFactory", "CLIENT_LIMITS", "DEFAULT_MAX_CLIENT_ELEMENT"]
 
 #: Clients send commands, not camera frames: a much smaller element limit.
 DEFAULT_MAX_CLIENT_ELEMENT = 16 * 1024 * 1024
+CLIENT_LIMITS = Limits(max_element=DEFAULT_MAX_CLIENT_ELEMENT)
 
 
 def describe(address: IAddress) -> str:
@@ -40,11 +41,11 @@ class ClientProtocol(Protocol, Link):
 
     log = Logger()
     kind = CLIENT
-    limits = Limits(max_element=DEFAULT_MAX_CLIENT_ELEMENT)
+    limits = CLIENT_LIMITS
     factory: ClientFactory
 
-    def __init__(self) -> None:
-        Link.__init__(self)
+    def __init__(self, limits: Limits | None = None) -> None:
+        Link.__init__(self, limits)
         self.label = "client"
         self._closed: list[defer.Deferred[None]] = []
 
@@ -130,6 +131,17 @@ class ClientFactory(Factory):
 
     protocol = ClientProtocol
 
-    def __init__(self, router: Router, maxconnections: int = 10):
+    def __init__(
+        self,
+        router: Router,
+        maxconnections: int = 10,
+        limits: Limits = CLIENT_LIMITS,
+    ):
         self.router = router
         self.maxconnections = maxconnections
+        self.limits = limits
+
+    def buildProtocol(self, addr: IAddress) -> ClientProtocol:
+        protocol = ClientProtocol(self.limits)
+        protocol.factory = self
+        return protocol

@@ -23,9 +23,15 @@ from twisted.python.failure import Failure
 from indiserv import wire
 from indiserv.link import DRIVER, Link
 from indiserv.router import Router
-from indiserv.wire import Message, WireError
+from indiserv.wire import Limits, Message, WireError
 
-__all__ = ["DriverProcessProtocol", "DriverService", "DriverNotFound", "find_driver"]
+__all__ = [
+    "DriverProcessProtocol",
+    "DriverService",
+    "DriverNotFound",
+    "describe_exit",
+    "find_driver",
+]
 
 #: A driver's stderr line longer than this is logged in pieces.
 MAX_STDERR_LINE = 64 * 1024
@@ -59,8 +65,8 @@ class DriverProcessProtocol(ProcessProtocol, Link):
     log = Logger()
     kind = DRIVER
 
-    def __init__(self, router: Router, name: str):
-        Link.__init__(self)
+    def __init__(self, router: Router, name: str, limits: Limits | None = None):
+        Link.__init__(self, limits)
         self.router_to_join = router
         self.name = name
         self.label = f"driver {name}"
@@ -142,27 +148,46 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         if self._stderr:
             self._log_stderr(bytes(self._stderr))
             self._stderr.clear()
-        if reason.check(ProcessDone):
-            how = "exited"
-        else:
-            how = str(reason.value).rstrip(".")
-        self.log.info("{driver} stopped: {how}", driver=self.name, how=how)
-        if self.router is not None:
-            self.router.remove_link(self, f"Driver {self.name} stopped: {how}")
         self.reason = reason
+        if self.router is not None:
+            # Clients hear of its devices going; the service says why.
+            self.router.remove_link(self)
         self.ended.callback(None)
+
+
+def describe_exit(reason: Failure | None) -> str:
+    """How a driver process ended, in words for logs and clients."""
+    if reason is None or reason.check(ProcessDone):
+        return "exited"
+    value = reason.value
+    if getattr(value, "signal", None):
+        return f"killed by signal {value.signal}"
+    if getattr(value, "exitCode", None) is not None:
+        return f"exited with status {value.exitCode}"
+    return str(value).rstrip(".")
 
 
 class DriverService(Service):
     """
-    Runs one executable driver while the service runs.
+    Runs one executable driver while the service runs, restarting it when
+    it dies.
+
+    Restarts back off exponentially: C{first_delay} seconds after the first
+    failure, doubling up to C{max_delay}.  After C{restarts} consecutive
+    failures the driver stays down.  A run of C{stable_after} seconds or
+    more counts as a success and resets the count.
 
     @ivar program: the name or path given by the user.
     @ivar args: its command-line arguments.
     @ivar protocol: the link of the running program, if it runs.
+    @ivar failures: consecutive failures so far.
     """
 
     log = Logger()
+    restarts = 10
+    first_delay = 1.0
+    max_delay = 60.0
+    stable_after = 60.0
 
     def __init__(
         self,
@@ -171,6 +196,8 @@ class DriverService(Service):
         args: Sequence[str] = (),
         reactor: Any = None,
         env: dict[str, str] | None = None,
+        restarts: int | None = None,
+        limits: Limits | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -179,8 +206,14 @@ class DriverService(Service):
         self.args = list(args)
         self.reactor = reactor
         self.env = env
+        if restarts is not None:
+            self.restarts = restarts
+        self.limits = limits
         self.name = os.path.basename(program)
         self.protocol: DriverProcessProtocol | None = None
+        self.failures = 0
+        self._started_at = 0.0
+        self._restart_call: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -188,14 +221,16 @@ class DriverService(Service):
 
     def spawn(self) -> None:
         """Start the program, on pipes (not a socket: see DESIGN.md)."""
+        self._restart_call = None
         try:
             executable = find_driver(self.program)
         except DriverNotFound as e:
             self.log.error("cannot start {driver}: {why}", driver=self.name, why=e)
             self.router.send_message(f"Driver {self.name} could not start: {e}")
             return
-        protocol = DriverProcessProtocol(self.router, self.name)
+        protocol = DriverProcessProtocol(self.router, self.name, self.limits)
         env = dict(os.environ if self.env is None else self.env)
+        self._started_at = self.reactor.seconds()
         self.reactor.spawnProcess(
             protocol,
             executable,
@@ -210,13 +245,51 @@ class DriverService(Service):
     def _ended(self, _: None, protocol: DriverProcessProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
+        how = describe_exit(protocol.reason)
+        if not self.running:
+            self.log.info("{driver} stopped: {how}", driver=self.name, how=how)
+            self.router.send_message(f"Driver {self.name} stopped: {how}")
+            return
+        if self.reactor.seconds() - self._started_at >= self.stable_after:
+            self.failures = 0
+        if self.failures >= self.restarts:
+            self.log.error(
+                "{driver} {how}; it failed {failures} times in a row and is not"
+                " restarted again (--restarts {restarts})",
+                driver=self.name,
+                how=how,
+                failures=self.failures + 1,
+                restarts=self.restarts,
+            )
+            self.router.send_message(
+                f"Driver {self.name} {how}; giving up after"
+                f" {self.restarts} restarts"
+            )
+            return
+        delay = min(self.first_delay * 2**self.failures, self.max_delay)
+        self.failures += 1
+        self.log.warn(
+            "{driver} {how}; restart {count} of {restarts} in {delay} s",
+            driver=self.name,
+            how=how,
+            count=self.failures,
+            restarts=self.restarts,
+            delay=delay,
+        )
+        self.router.send_message(
+            f"Driver {self.name} {how}; restarting in {delay:g} s"
+        )
+        self._restart_call = self.reactor.callLater(delay, self.spawn)
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        self._restart_call = None
         protocol = self.protocol
         if protocol is None or protocol.transport is None:
             return None
-        ended = defer.Deferred()
+        ended: defer.Deferred[None] = defer.Deferred()
         protocol.ended.addBoth(lambda _: ended.callback(None))
         kill = self.reactor.callLater(STOP_TIMEOUT, self._signal, protocol, "KILL")
         ended.addBoth(lambda _: kill.cancel() if kill.active() else None)

@@ -63,7 +63,9 @@ class Link:
 
     router: Router | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        if limits is not None:
+            self.limits = limits
         self.blob_policy = BlobPolicy()
         self.parser = Parser(self.limits)
         self.bytes_sent = 0

@@ -20,9 +20,10 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from zope.interface import implementer
 
-from indiserv.client import ClientFactory
+from indiserv.client import CLIENT_LIMITS, ClientFactory
 from indiserv.driver import DriverService
 from indiserv.router import Router
+from indiserv.wire import Limits
 
 __all__ = ["IndiServer", "endpoint_description"]
 
@@ -61,6 +62,7 @@ class IndiServer(MultiService):
     @ivar port: the TCP port; after start, the port actually bound (so
         C{port=0} asks the OS for a free one).
     @ivar maxconnections: how many clients may be connected at once.
+    @ivar restarts: how many times in a row a failing driver is restarted.
     @ivar stopped: fires once the server has stopped, after L{shutdown}.
     @ivar listening: fires with the listening port once clients can connect.
     """
@@ -75,6 +77,11 @@ class IndiServer(MultiService):
         *,
         reactor: Any = None,
         verbose: int = 0,
+        restarts: int = DriverService.restarts,
+        max_queue: int = Router.max_queue,
+        max_stream: int = Router.max_stream,
+        client_limits: Limits = CLIENT_LIMITS,
+        driver_limits: Limits = Limits(),
     ):
         super().__init__()
         if reactor is None:
@@ -83,8 +90,12 @@ class IndiServer(MultiService):
         self.host = host
         self.port = port
         self.maxconnections = maxconnections
+        self.restarts = restarts
+        self.driver_limits = driver_limits
         self.router = Router(clock=reactor, verbose=verbose)
-        self.factory = ClientFactory(self.router, maxconnections)
+        self.router.max_queue = max_queue
+        self.router.max_stream = max_stream
+        self.factory = ClientFactory(self.router, maxconnections, client_limits)
         self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
         self.stopped: defer.Deferred[None] = defer.Deferred()
         self.listening_port: IListeningPort | None = None
@@ -125,7 +136,14 @@ class IndiServer(MultiService):
 
     def add_exdriver(self, program: str, *args: str) -> DriverService:
         """Serve the executable driver C{program}, run with C{args}."""
-        driver = DriverService(self.router, program, args, reactor=self.reactor)
+        driver = DriverService(
+            self.router,
+            program,
+            args,
+            reactor=self.reactor,
+            restarts=self.restarts,
+            limits=self.driver_limits,
+        )
         driver.setServiceParent(self)
         return driver
 

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
 from indiserv.service import IndiServer, endpoint_description
+from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
 
@@ -46,6 +47,52 @@ class Options(usage.Options):
             "Seconds of silence before clients get a keepalive message; 0 disables.",
             float,
         ],
+        [
+            "restarts",
+            "r",
+            10,
+            "Restarts of a failing driver in a row (with growing delay) before"
+            " it is left down; 0 never restarts.",
+            int,
+        ],
+        [
+            "max-queue",
+            "m",
+            128.0,
+            "MB a client may fall behind: one that stays further behind is"
+            " disconnected (a burst it is draining may reach twice this).",
+            float,
+        ],
+        [
+            "max-stream",
+            None,
+            5.0,
+            "MB behind after which a client skips video stream BLOB frames.",
+            float,
+        ],
+        [
+            "max-client-message",
+            None,
+            16.0,
+            "MB of the largest message a client may send.",
+            float,
+        ],
+        [
+            "max-driver-message",
+            None,
+            300.0,
+            "MB of the largest message a driver may send (camera frames).",
+            float,
+        ],
+        ["max-attributes", None, 64, "Attributes allowed on one element.", int],
+        [
+            "max-attribute-length",
+            None,
+            65536,
+            "Characters allowed in one attribute value.",
+            int,
+        ],
+        ["max-depth", None, 8, "Nesting of elements allowed in a message.", int],
     ]
 
     def __init__(self) -> None:
@@ -67,6 +114,19 @@ class Options(usage.Options):
             raise usage.UsageError("--max-connections must be at least 1")
         if self["keepalive"] < 0:
             raise usage.UsageError("--keepalive cannot be negative")
+        if self["restarts"] < 0:
+            raise usage.UsageError("--restarts cannot be negative")
+        for option in (
+            "max-queue",
+            "max-stream",
+            "max-client-message",
+            "max-driver-message",
+            "max-attributes",
+            "max-attribute-length",
+            "max-depth",
+        ):
+            if self[option] <= 0:
+                raise usage.UsageError(f"--{option} must be positive")
         for command in self["drivers"]:
             if not command:
                 raise usage.UsageError("empty driver name")
@@ -77,14 +137,29 @@ class Options(usage.Options):
         self["endpoint"] = endpoint_description(self["port"], self["host"])
 
 
+def megabytes(value: float) -> int:
+    """Bytes in C{value} MB (MiB, as indiserver counts them)."""
+    return int(value * 1024 * 1024)
+
+
 def makeService(config: Options, reactor: Any = None) -> IndiServer:
     """Build the server twistd will run from parsed L{Options}."""
+    shape = {
+        "max_attributes": config["max-attributes"],
+        "max_attribute_length": config["max-attribute-length"],
+        "max_depth": config["max-depth"],
+    }
     server = IndiServer(
         host=config["host"],
         port=config["endpoint"],
         maxconnections=config["max-connections"],
         reactor=reactor,
         verbose=config["verbose"],
+        restarts=config["restarts"],
+        max_queue=megabytes(config["max-queue"]),
+        max_stream=megabytes(config["max-stream"]),
+        client_limits=Limits(megabytes(config["max-client-message"]), **shape),
+        driver_limits=Limits(megabytes(config["max-driver-message"]), **shape),
     )
     server.keepalive = config["keepalive"]
     for program, *args in config["drivers"]:

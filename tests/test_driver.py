@@ -10,7 +10,9 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, MemoryReactor
-from twisted.logger import globalLogPublisher
+from twisted.internet.error import ProcessTerminated
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.driver import DriverNotFound, DriverService, find_driver
@@ -115,6 +117,89 @@ class DriverServiceUnitTests(SynchronousTestCase):
         self.assertTrue(any("indi_no_such_driver" in str(e.get("why")) for e in logged))
 
 
+def end(service: DriverService, code: int = 1) -> None:
+    """Make the fake driver process of C{service} exit with C{code}."""
+    service.protocol.processEnded(Failure(ProcessTerminated(exitCode=code)))
+
+
+class RestartTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.router = Router(clock=self.reactor)
+        self.client = RecordingLink(CLIENT, "client")
+        self.router.add_link(self.client)
+        self.service = DriverService(self.router, "sh", reactor=self.reactor, restarts=3)
+        self.service.startService()
+
+    def test_backoff_doubles(self) -> None:
+        """Restarts come after 1 s, then 2 s, then 4 s of failures in a row."""
+        for delay in (1, 2, 4):
+            end(self.service)
+            self.assertIsNone(self.service.protocol)
+            self.reactor.advance(delay - 0.01)
+            self.assertIsNone(self.service.protocol)
+            self.reactor.advance(0.01)
+            self.assertIsNotNone(self.service.protocol)
+        self.assertEqual(len(self.reactor.spawned), 4)
+
+    def test_backoff_capped(self) -> None:
+        """The delay stops growing at max_delay."""
+        self.service.restarts = 20
+        self.service.max_delay = 8
+        delays = []
+        for _ in range(6):
+            end(self.service)
+            delays.append(self.reactor.getDelayedCalls()[0].getTime() - self.reactor.seconds())
+            self.reactor.advance(delays[-1])
+        self.assertEqual(delays, [1, 2, 4, 8, 8, 8])
+
+    def test_gives_up_after_restarts(self) -> None:
+        """After the last allowed restart fails the driver stays down, logged as an error, clients told."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for delay in (1, 2, 4):
+            end(self.service)
+            self.reactor.advance(delay)
+        end(self.service)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(len(self.reactor.spawned), 4)
+        self.assertIn("giving up", self.client.received[-1].attrs["message"])
+        self.assertTrue(any(e["log_level"] == LogLevel.error for e in logged))
+
+    def test_stable_run_resets_count(self) -> None:
+        """A driver that ran for stable_after seconds starts again from the first delay."""
+        end(self.service)
+        self.reactor.advance(1)
+        end(self.service)
+        self.reactor.advance(2)
+        self.reactor.advance(self.service.stable_after)
+        end(self.service)
+        self.assertEqual(self.service.failures, 1)
+        self.reactor.advance(1)
+        self.assertIsNotNone(self.service.protocol)
+
+    def test_clients_told_of_restart(self) -> None:
+        """Clients learn that the driver stopped, how, and when it comes back."""
+        end(self.service, 3)
+        self.assertEqual(
+            self.client.received[-1].attrs["message"],
+            "Driver sh exited with status 3; restarting in 1 s",
+        )
+
+    def test_stop_cancels_restart(self) -> None:
+        """Stopping the service cancels a pending restart."""
+        end(self.service)
+        self.service.stopService()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_no_restart_when_stopping(self) -> None:
+        """A driver that ends because the server stops is not restarted."""
+        stopped = self.service.stopService()
+        end(self.service)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(len(self.reactor.spawned), 1)
+
+
 class RealDriverTests(TestCase):
     """A real driver program, run by the real reactor."""
 
@@ -162,8 +247,20 @@ class RealDriverTests(TestCase):
         deleted = yield client.wait_for(lambda m: m.tag == "delProperty")
         self.assertEqual(deleted.device, DEVICE)
         said = yield client.wait_for(lambda m: m.tag == "message" and m.device is None)
-        self.assertIn("stopped", said.attrs["message"])
+        self.assertIn("killed by signal 9", said.attrs["message"])
         self.assertNotIn(DEVICE, service.router.owners)
+
+    @defer.inlineCallbacks
+    def test_killed_driver_restarted(self):
+        """A driver killed with SIGKILL is restarted and its definitions reach clients again."""
+        service, client = self.start(*SIMULATOR)
+        yield client.wait_for(lambda m: m.tag.startswith("def"))
+        service.protocol.transport.signalProcess("KILL")
+        yield client.wait_for(lambda m: m.tag == "delProperty")
+        client.take()
+        defined = yield client.wait_for(lambda m: m.tag.startswith("def"))
+        self.assertEqual(defined.device, DEVICE)
+        self.assertEqual(service.failures, 1)
 
     @defer.inlineCallbacks
     def test_bad_output_skipped(self):

@@ -233,3 +233,32 @@ class SnoopTests(InteropTestCase):
             r"got (getProperties None\.None|(def|set)NumberVector Telescope Simulator\.EQUATORIAL_EOD_COORD)$"
         )
         self.assertEqual([r for r in reports if not pattern.match(r)], [])
+
+
+class CrashTests(InteropTestCase):
+    @defer.inlineCallbacks
+    def test_ccd_crash_restarts(self):
+        """indi_simulator_ccd crashed on demand is announced gone, restarted, and defined again."""
+        server = yield self.indiserv("indi_simulator_ccd")
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        client.say(
+            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield client.wait_for(lambda m: m.tag.startswith("def") and m.name == "CCD_SIMULATE_CRASH")
+        client.say(
+            b"<newSwitchVector device='CCD Simulator' name='CCD_SIMULATE_CRASH'>"
+            b"<oneSwitch name='CRASH'>On</oneSwitch></newSwitchVector>"
+        )
+        deleted = yield client.wait_for(lambda m: m.tag == "delProperty" and m.name is None)
+        self.assertEqual(deleted.device, CCD)
+        said = yield client.wait_for(
+            lambda m: m.tag == "message" and "restarting" in m.attrs.get("message", "")
+        )
+        self.assertIn("indi_simulator_ccd", said.attrs["message"])
+        client.take()
+        yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        self.assertEqual(server.router.owners[CCD].name, "indi_simulator_ccd")

@@ -69,6 +69,43 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(UsageError, parse, "--keepalive", "-1")
         self.assertRaises(UsageError, parse, "--max-connections", "many")
 
+    def test_limits(self) -> None:
+        """Queue, message-size and shape limits reach the router and the links' parsers."""
+        server = makeService(
+            parse(
+                "--port", "0", "--max-queue", "32", "--max-stream", "2", "--restarts", "3",
+                "--max-client-message", "1", "--max-driver-message", "100",
+                "--max-attributes", "10", "--max-attribute-length", "100", "--max-depth", "4",
+                "sh",
+            )
+        )
+        self.assertEqual(server.router.max_queue, 32 * 1024 * 1024)
+        self.assertEqual(server.router.max_stream, 2 * 1024 * 1024)
+        self.assertEqual(server.factory.limits.max_element, 1024 * 1024)
+        self.assertEqual(
+            (server.factory.limits.max_attributes, server.factory.limits.max_attribute_length,
+             server.factory.limits.max_depth),
+            (10, 100, 4),
+        )
+        (driver,) = [child for child in server if getattr(child, "program", None) == "sh"]
+        self.assertEqual(driver.restarts, 3)
+        self.assertEqual(driver.limits.max_element, 100 * 1024 * 1024)
+
+    def test_limit_defaults(self) -> None:
+        """Defaults: 128 MB queue, 5 MB stream, 10 restarts, 16 MB client and 300 MB driver messages."""
+        options = parse()
+        self.assertEqual(
+            (options["max-queue"], options["max-stream"], options["restarts"],
+             options["max-client-message"], options["max-driver-message"]),
+            (128, 5, 10, 16, 300),
+        )
+
+    def test_bad_limits(self) -> None:
+        """Zero or negative limits are usage errors."""
+        self.assertRaises(UsageError, parse, "--max-queue", "0")
+        self.assertRaises(UsageError, parse, "--restarts", "-1")
+        self.assertRaises(UsageError, parse, "--max-depth", "0")
+
     def test_make_service(self) -> None:
         """makeService builds an IndiServer with the options and one child per driver."""
         server = makeService(parse("--port", "0", "--keepalive", "0", "--max-connections", "3", "-vv", "sh"))
