@@ -177,6 +177,8 @@ class DriverService(Service):
     failures the driver stays down.  A run of C{stable_after} seconds or
     more counts as a success and resets the count.
 
+    @ivar driver_name: the program's name, for logs and clients (the
+        service itself is unnamed: one driver may run several times).
     @ivar program: the name or path given by the user.
     @ivar args: its command-line arguments.
     @ivar protocol: the link of the running program, if it runs.
@@ -185,6 +187,8 @@ class DriverService(Service):
 
     log = Logger()
     restarts = 10
+    #: Seconds a driver gets to exit after SIGTERM before it is killed.
+    stop_timeout = STOP_TIMEOUT
     first_delay = 1.0
     max_delay = 60.0
     stable_after = 60.0
@@ -209,7 +213,7 @@ class DriverService(Service):
         if restarts is not None:
             self.restarts = restarts
         self.limits = limits
-        self.name = os.path.basename(program)
+        self.driver_name = os.path.basename(program)
         self.protocol: DriverProcessProtocol | None = None
         self.failures = 0
         self._started_at = 0.0
@@ -225,10 +229,10 @@ class DriverService(Service):
         try:
             executable = find_driver(self.program)
         except DriverNotFound as e:
-            self.log.error("cannot start {driver}: {why}", driver=self.name, why=e)
-            self.router.send_message(f"Driver {self.name} could not start: {e}")
+            self.log.error("cannot start {driver}: {why}", driver=self.driver_name, why=e)
+            self.router.send_message(f"Driver {self.driver_name} could not start: {e}")
             return
-        protocol = DriverProcessProtocol(self.router, self.name, self.limits)
+        protocol = DriverProcessProtocol(self.router, self.driver_name, self.limits)
         env = dict(os.environ if self.env is None else self.env)
         self._started_at = self.reactor.seconds()
         self.reactor.spawnProcess(
@@ -239,7 +243,7 @@ class DriverService(Service):
             childFDs={0: "w", 1: "r", 2: "r"},
         )
         self.protocol = protocol
-        self.router.event("started {driver}", driver=self.name)
+        self.router.event("started {driver}", driver=self.driver_name)
         protocol.ended.addCallback(self._ended, protocol)
 
     def _ended(self, _: None, protocol: DriverProcessProtocol) -> None:
@@ -247,8 +251,8 @@ class DriverService(Service):
             self.protocol = None
         how = describe_exit(protocol.reason)
         if not self.running:
-            self.log.info("{driver} stopped: {how}", driver=self.name, how=how)
-            self.router.send_message(f"Driver {self.name} stopped: {how}")
+            self.log.info("{driver} stopped: {how}", driver=self.driver_name, how=how)
+            self.router.send_message(f"Driver {self.driver_name} stopped: {how}")
             return
         if self.reactor.seconds() - self._started_at >= self.stable_after:
             self.failures = 0
@@ -256,13 +260,13 @@ class DriverService(Service):
             self.log.error(
                 "{driver} {how}; it failed {failures} times in a row and is not"
                 " restarted again (--restarts {restarts})",
-                driver=self.name,
+                driver=self.driver_name,
                 how=how,
                 failures=self.failures + 1,
                 restarts=self.restarts,
             )
             self.router.send_message(
-                f"Driver {self.name} {how}; giving up after"
+                f"Driver {self.driver_name} {how}; giving up after"
                 f" {self.restarts} restarts"
             )
             return
@@ -270,14 +274,14 @@ class DriverService(Service):
         self.failures += 1
         self.log.warn(
             "{driver} {how}; restart {count} of {restarts} in {delay} s",
-            driver=self.name,
+            driver=self.driver_name,
             how=how,
             count=self.failures,
             restarts=self.restarts,
             delay=delay,
         )
         self.router.send_message(
-            f"Driver {self.name} {how}; restarting in {delay:g} s"
+            f"Driver {self.driver_name} {how}; restarting in {delay:g} s"
         )
         self._restart_call = self.reactor.callLater(delay, self.spawn)
 
@@ -291,7 +295,7 @@ class DriverService(Service):
             return None
         ended: defer.Deferred[None] = defer.Deferred()
         protocol.ended.addBoth(lambda _: ended.callback(None))
-        kill = self.reactor.callLater(STOP_TIMEOUT, self._signal, protocol, "KILL")
+        kill = self.reactor.callLater(self.stop_timeout, self._signal, protocol, "KILL")
         ended.addBoth(lambda _: kill.cancel() if kill.active() else None)
         self._signal(protocol, "TERM")
         return ended

@@ -25,7 +25,9 @@ from indiserv.driver import DriverService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "endpoint_description"]
+__all__ = ["IndiServer", "endpoint_description", "SHUTDOWN_TEXT"]
+
+SHUTDOWN_TEXT = "The INDI server is shutting down"
 
 
 def endpoint_description(port: int | str, host: str = "localhost") -> str:
@@ -153,13 +155,13 @@ class IndiServer(MultiService):
 
     def shutdown(self, shutdownmessage: str = "") -> defer.Deferred[None]:
         """
-        Stop serving: tell clients why (if C{shutdownmessage}), stop drivers,
-        close the port.  Returns L{stopped}.
+        Stop serving: tell clients why (C{shutdownmessage}, or a plain
+        notice), stop the drivers, close the port and the connections.
+        Returns L{stopped}.
         """
         if not self._stop:
             self._stop = True
-            if shutdownmessage:
-                self.send_message(shutdownmessage)
+            self.send_message(shutdownmessage or SHUTDOWN_TEXT)
             if self.running:
                 defer.maybeDeferred(self.stopService).addBoth(self._fire_stopped)
             else:
@@ -172,10 +174,14 @@ class IndiServer(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """
-        Stop listening and stop the drivers, then hang up on the clients,
-        so they still hear of the devices going away.
+        Stop listening and stop the drivers (TERM, then KILL after a grace
+        period), then hang up on the clients, so they still hear of the
+        devices going away.
         """
-        self._stop = True
+        if not self._stop:
+            # Stopped from outside (twistd on SIGTERM, a parent service).
+            self._stop = True
+            self.send_message(SHUTDOWN_TEXT)
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(self._close_clients)
         d.addBoth(lambda result: (self._fire_stopped(None), result)[1])

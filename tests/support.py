@@ -128,3 +128,35 @@ def connect_client(port: int, host: str = "127.0.0.1") -> defer.Deferred[TestCli
 
     endpoint = TCP4ClientEndpoint(reactor, host, port)
     return connectProtocol(endpoint, TestClient())
+
+
+def open_fds() -> int:
+    """File descriptors this process has open now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def child_processes() -> list[tuple[int, str]]:
+    """(pid, state) of every child of this process, zombies included."""
+    children = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == me:
+            children.append((int(entry), fields[0]))
+    return children

@@ -4,18 +4,19 @@ Tests for L{indiserv.service.IndiServer}: the public server object, over real TC
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, reactor
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
-from indiserv.service import endpoint_description
+from indiserv.service import SHUTDOWN_TEXT, endpoint_description
 
-from .support import child_env, connect_client
+from .support import child_env, child_processes, connect_client
 
 SIMULATOR = "indiserv Simulator"
 
@@ -141,3 +142,58 @@ class IndiServerTests(TestCase):
         yield application.stopService()
         yield client.lost
         self.assertTrue(server.stopped.called)
+
+
+IGNORES_TERM = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " sys.stdout.write(\"<defTextVector device='Stubborn' name='T'><defText name='A'/></defTextVector>\");"
+    " sys.stdout.flush(); time.sleep(600)"
+)
+
+
+class ShutdownTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_stops_accepting(self):
+        """After shutdown the port refuses new clients."""
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.startService()
+        yield server.listening
+        port = server.port
+        yield server.shutdown()
+        yield self.assertFailure(connect_client(port), ConnectionRefusedError)
+
+    @defer.inlineCallbacks
+    def test_default_message(self):
+        """Stopping without a message still tells clients the server is going."""
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        client.say(b"<pingRequest uid='1'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        yield server.stopService()
+        yield client.lost
+        said = [m.attrs["message"] for m in client.received if m.tag == "message"]
+        self.assertEqual(said, [SHUTDOWN_TEXT])
+
+    @defer.inlineCallbacks
+    def test_stubborn_driver_killed(self):
+        """A driver that ignores SIGTERM is killed after the grace period, leaving no zombie."""
+        server = IndiServer(host="127.0.0.1", port=0)
+        driver = server.add_exdriver(sys.executable, "-c", IGNORES_TERM)
+        driver.stop_timeout = 0.5
+        server.startService()
+        yield server.listening
+        client = yield connect_client(server.port)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == "Stubborn")
+        pid = driver.protocol.transport.pid
+        yield server.shutdown("bye")
+        yield client.lost
+        self.assertIn("killed by signal 9", " ".join(
+            m.attrs.get("message", "") for m in client.received if m.tag == "message"
+        ))
+        self.assertFalse(os.path.exists(f"/proc/{pid}"))
+        self.assertEqual(child_processes(), [])

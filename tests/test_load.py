@@ -1,0 +1,189 @@
+"""
+Load: many clients, many connections, many driver starts, over real TCP and
+real processes; afterwards nothing may be left behind.
+
+The memory bound asserted here (RSS_GROWTH_BOUND) is documented in
+docs/limits.rst: repeated load must not make the server grow by more than
+that.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from indiserv import IndiServer
+
+from .support import (
+    child_env,
+    child_processes,
+    connect_client,
+    open_fds,
+    rss_bytes,
+)
+from .test_link import BLOB_DRIVER, START
+
+RSS_GROWTH_BOUND = 20 * 1024 * 1024
+
+
+class LoadTestCase(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def start_server(self, *drivers: list[str], **kwargs):
+        server = IndiServer(host="127.0.0.1", port=0, **kwargs)
+        for driver in drivers:
+            server.add_exdriver(*driver).env = child_env()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        yield server.listening
+        return server
+
+
+class ManyClientsTests(LoadTestCase):
+    @defer.inlineCallbacks
+    def test_fifty_clients_receive_stream(self):
+        """Fifty clients at once each receive every update of a driver's stream."""
+        server = yield self.start_server(
+            [sys.executable, BLOB_DRIVER, "--blobs", "2", "--size", "65536", "--numbers", "2000"],
+            maxconnections=50,
+        )
+        clients = yield defer.gatherResults([connect_client(server.port) for _ in range(50)])
+        for client in clients:
+            self.addCleanup(client.transport.loseConnection)
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+        yield defer.gatherResults([c.wait_for(lambda m: m.name == "START") for c in clients])
+        clients[0].say(START)
+        done = lambda m: m.tag == "message" and m.attrs.get("message") == "done"
+        yield defer.gatherResults([c.wait_for(done) for c in clients])
+        for client in clients:
+            self.assertEqual(len([m for m in client.received if m.tag == "setNumberVector"]), 2000)
+            self.assertEqual(len([m for m in client.received if m.blob]), 2)
+
+    @defer.inlineCallbacks
+    def test_thousand_connections_leave_nothing_behind(self):
+        """1000 connect/disconnect cycles leave no client, file descriptor or memory behind."""
+        server = yield self.start_server(maxconnections=50)
+        yield self.cycle(server, 100)  # warm up allocator and caches
+        fds, rss = open_fds(), rss_bytes()
+        yield self.cycle(server, 1000)
+        self.assertEqual(len(server.router.clients), 0)
+        self.assertEqual(open_fds(), fds)
+        self.assertLess(rss_bytes() - rss, RSS_GROWTH_BOUND)
+
+    @defer.inlineCallbacks
+    def cycle(self, server: IndiServer, count: int):
+        for start in range(0, count, 25):
+            clients = yield defer.gatherResults(
+                [connect_client(server.port) for _ in range(min(25, count - start))]
+            )
+            for client in clients:
+                client.say(b"<pingRequest uid='1'/>")
+            yield defer.gatherResults([c.wait_for(lambda m: m.tag == "pingReply") for c in clients])
+            for client in clients:
+                client.transport.loseConnection()
+            yield defer.gatherResults([c.lost for c in clients])
+        # The server side notices each close within a reactor turn or two.
+        while server.router.clients:
+            yield deferLater(0.01)
+
+
+class MidMessageTests(LoadTestCase):
+    @defer.inlineCallbacks
+    def test_client_leaves_in_middle_of_blob_it_sends(self):
+        """A client that closes half-way through sending a BLOB costs nothing and harms no one."""
+        server = yield self.start_server([sys.executable, BLOB_DRIVER, "--blobs", "1", "--size", "1000"])
+        quitter, stayer = yield defer.gatherResults([connect_client(server.port), connect_client(server.port)])
+        self.addCleanup(stayer.transport.loseConnection)
+        quitter.say(
+            b"<newBLOBVector device='Bench' name='FRAME'><oneBLOB name='FRAME' size='99'"
+            b" format='.fits'>" + b"QUJD" * 50000
+        )
+        quitter.transport.loseConnection()
+        yield quitter.lost
+        stayer.say(b"<getProperties version='1.7'/>")
+        yield stayer.wait_for(lambda m: m.name == "START")
+        self.assertEqual(len(server.router.clients), 1)
+
+    @defer.inlineCallbacks
+    def test_client_leaves_in_middle_of_blob_it_receives(self):
+        """A client that closes while a large BLOB is being written to it leaves the others served."""
+        server = yield self.start_server(
+            [sys.executable, BLOB_DRIVER, "--blobs", "5", "--size", str(4 * 1024 * 1024)]
+        )
+        quitter, stayer = yield defer.gatherResults([connect_client(server.port), connect_client(server.port)])
+        self.addCleanup(stayer.transport.loseConnection)
+        for client in (quitter, stayer):
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+            yield client.wait_for(lambda m: m.name == "START")
+        closer = _CloseOnFirstByte()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), closer)
+        closer.transport.write(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+        quitter.dataReceived = lambda data: quitter.transport.abortConnection()
+        stayer.say(START)
+        yield stayer.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        self.assertEqual(len([m for m in stayer.received if m.blob]), 5)
+        yield quitter.lost
+        yield closer.lost
+        self.assertEqual(len(server.router.clients), 1)
+
+
+class _CloseOnFirstByte(Protocol):
+    """A client that hangs up as soon as anything arrives."""
+
+    def __init__(self) -> None:
+        self.lost: defer.Deferred[None] = defer.Deferred()
+        self.seen = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen += len(data)
+        if self.seen > 100_000:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+class ManyDriversTests(LoadTestCase):
+    @defer.inlineCallbacks
+    def test_ten_drivers_started_and_stopped_repeatedly(self):
+        """Ten drivers started and stopped three times leave no process, zombie, descriptor or timer."""
+        yield self.run_drivers()  # the reactor sets up child handling once
+        fds = open_fds()
+        timers = set(reactor.getDelayedCalls())  # trial's own timeout among them
+        running = []
+        for _ in range(3):
+            running.append((yield self.run_drivers()))
+        self.assertEqual(running, [10, 10, 10])
+        self.assertEqual(child_processes(), [])
+        self.assertEqual(open_fds(), fds)
+        self.assertEqual(
+            [call for call in reactor.getDelayedCalls() if call.active() and call not in timers], []
+        )
+
+    @defer.inlineCallbacks
+    def run_drivers(self):
+        """Serve ten drivers until each has defined its device, then stop; fires with how many ran."""
+        drivers = [
+            [sys.executable, BLOB_DRIVER, "--device", f"Bench {i}", "--blobs", "0"]
+            for i in range(10)
+        ]
+        server = yield self.start_server(*drivers)
+        client = yield connect_client(server.port)
+        client.say(b"<getProperties version='1.7'/>")
+        for i in range(10):
+            yield client.wait_for(lambda m, i=i: m.device == f"Bench {i}" and m.name == "START")
+        running = len(child_processes())
+        yield server.stopService()
+        yield client.lost
+        return running
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
