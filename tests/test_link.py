@@ -231,3 +231,35 @@ class RealSlowClientTests(TestCase):
         slow.transport.resumeProducing()
         yield slow.lost
         self.assertLess(len([m for m in slow.received if m.blob]), 60)
+
+    @defer.inlineCallbacks
+    def test_only_client_stuck_driver_paused(self):
+        """With its only receiver stuck, a driver is paused (memory stays bounded) and resumes when it reads."""
+        paused = defer.Deferred()
+
+        def watch(event):
+            if "pausing" in event.get("log_format", "") and not paused.called:
+                paused.callback(event)
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.router.high_water = 1024 * KiB
+        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "60", "--size", str(256 * KiB))
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+        yield client.wait_for(lambda m: m.name == "START")
+        client.transport.pauseProducing()
+        client.say(START)
+        yield paused
+        (link,) = server.router.clients
+        frame = 360 * KiB  # one base64 frame of 256 KiB, with its markup
+        self.assertLessEqual(link.queued, server.router.high_water + frame)
+        client.transport.resumeProducing()
+        yield client.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        self.assertEqual(len([m for m in client.received if m.blob]), 60)
+        self.assertIn(link, server.router.clients)
