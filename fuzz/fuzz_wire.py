@@ -6,7 +6,7 @@ Usage, from the repository root::
 
     python fuzz/fuzz_wire.py --seconds 60
     python fuzz/fuzz_wire.py --seconds 600 --seed 7      # reproducible run
-    python fuzz/fuzz_wire.py --seconds 60 --strict-limits
+    python fuzz/fuzz_wire.py --seconds 60 --strict-limits --no-shrink
 
 It runs batches of hypothesis examples until the time is up.  Each example
 is a byte stream (valid INDI, valid INDI with random mutations, INDI mixed
@@ -31,7 +31,8 @@ is refused (a known defect, see tests/test_hostile.py).  C{--strict-limits}
 checks invariant 3 with the small limits too, which exposes that defect.
 
 It prints a summary line (examples, seconds) and exits 0, or prints the
-failing input (repr of the stream and the cut points) and exits 1.
+failing input (repr of the stream and the cut points), after hypothesis has
+minimised it unless C{--no-shrink}, and exits 1.
 Uses hypothesis only (no atheris); no example database is written.
 """
 
@@ -46,7 +47,7 @@ from xml.parsers import expat
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from indiserv.wire import Limits, Message, Parser, WireError  # noqa: E402
@@ -304,16 +305,23 @@ def check(data: bytes, cuts: list[int], strict_limits: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     options = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     options.add_argument("--seconds", type=float, default=60.0, help="how long to run")
-    options.add_argument("--batch", type=int, default=200, help="examples per batch")
+    options.add_argument("--batch", type=int, default=100, help="examples per batch")
     options.add_argument("--seed", type=int, default=None, help="for a reproducible run")
     options.add_argument(
         "--strict-limits",
         action="store_true",
         help="also require whole == split with small limits (exposes a known defect)",
     )
+    options.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report a failure as found, without minimising it (shrinking can take minutes)",
+    )
     args = options.parse_args(argv)
+    phases = [Phase.generate] if args.no_shrink else [Phase.generate, Phase.shrink]
 
     count = 0
+    failing: list[tuple[bytes, list[int]]] = []
     start = time.monotonic()
     deadline = start + args.seconds
 
@@ -322,13 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         deadline=None,
         database=None,
         derandomize=False,
+        phases=phases,
         suppress_health_check=list(HealthCheck),
     )
     @given(cut_streams())
     def batch(case: tuple[bytes, list[int]]) -> None:
         nonlocal count
+        if time.monotonic() >= deadline and not failing:
+            return  # time is up: let the batch run out without work
         count += 1
-        check(*case, strict_limits=args.strict_limits)
+        try:
+            check(*case, strict_limits=args.strict_limits)
+        except Failure:
+            failing.append(case)  # keep checking while hypothesis shrinks it
+            raise
 
     batches = 0
     try:

@@ -51,8 +51,6 @@ class Link:
     @ivar bytes_sent: bytes handed to the transport since the link began.
     @ivar queued: bytes waiting in the link's queue for the peer to read.
     @ivar paused: the transport asked for no more data for now.
-    @ivar last_drained: when the transport last caught up (clock seconds),
-        or L{None} if it never had to.
     """
 
     log = Logger()
@@ -71,8 +69,13 @@ class Link:
         self.bytes_sent = 0
         self.queued = 0
         self.paused = False
-        self.last_drained: float | None = None
         self._queue: deque[bytes] = deque()
+        # Evidence of progress: how often the transport caught up, that
+        # count when the queue last passed half of max_queue, and since when
+        # the queue has been over max_queue.
+        self._drains = 0
+        self._drains_at_half: int | None = None
+        self._over_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
@@ -100,24 +103,38 @@ class Link:
             if message.stream and self.queued > router.max_stream:
                 router.stream_skipped += 1
                 return False
-            if self.queued + len(raw) > router.max_queue and not self._bursting(
+            if self.queued + len(raw) > router.max_queue and not self._draining(
                 len(raw), router
             ):
                 return self.overflow(message)
         self._queue.append(raw)
         self.queued += len(raw)
+        if (
+            self._drains_at_half is None
+            and router is not None
+            and self.queued > router.max_queue // 2
+        ):
+            self._drains_at_half = self._drains
         return True
 
-    def _bursting(self, size: int, router: Router) -> bool:
+    def _draining(self, size: int, router: Router) -> bool:
         """
-        A peer over the limit that drained within the last C{burst_window}
-        seconds is in a burst it is working through, and gets up to twice
-        the limit; one that has not drained lately is stuck.
+        Whether a peer over C{max_queue} is working through a burst: its
+        transport caught up at least once since the queue passed half the
+        limit, it has been over the limit for no more than C{burst_window}
+        seconds, and it stays under twice the limit.  A peer that has not
+        caught up since it fell that far behind is stuck, however recently
+        it read (the kernel's socket buffers let a stuck peer look alive for
+        the first few megabytes).
         """
-        if self.last_drained is None:
+        if self._drains_at_half is None or self._drains == self._drains_at_half:
             return False
-        recent = router.clock.seconds() - self.last_drained <= router.burst_window
-        return recent and self.queued + size <= 2 * router.max_queue
+        if self.queued + size > 2 * router.max_queue:
+            return False
+        now = router.clock.seconds()
+        if self._over_since is None:
+            self._over_since = now
+        return now - self._over_since <= router.burst_window
 
     @property
     def saturated(self) -> bool:
@@ -144,9 +161,8 @@ class Link:
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._drains += 1
         router = self.router
-        if router is not None:
-            self.last_drained = router.clock.seconds()
         queue = self._queue
         was_saturated = self.saturated
         while queue and not self.paused:
@@ -154,8 +170,13 @@ class Link:
             self.queued -= len(raw)
             self.bytes_sent += len(raw)
             self.write(raw)
-        if was_saturated and not self.saturated and router is not None:
-            router.link_drained(self)
+        if router is not None:
+            if self.queued <= router.max_queue:
+                self._over_since = None
+            if self.queued <= router.max_queue // 2:
+                self._drains_at_half = None
+            if was_saturated and not self.saturated:
+                router.link_drained(self)
 
     def stopProducing(self) -> None:
         self._queue.clear()

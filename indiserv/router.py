@@ -66,9 +66,9 @@ class Router(Service):
     #: Bytes behind at which a peer counts as saturated: when every
     #: receiver of a driver's output is, the driver's output is paused.
     high_water = 16 * MiB
-    #: Seconds since a peer last caught up within which it is still
-    #: working through a burst (and may go up to twice max_queue).
-    burst_window = 1.0
+    #: Seconds a peer that is draining may stay over max_queue (up to
+    #: twice it) before it counts as too slow.
+    burst_window = 5.0
 
     def __init__(
         self,

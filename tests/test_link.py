@@ -36,6 +36,24 @@ def blob(size: int, name: str = "CCD1", format: str = ".fits") -> bytes:
     )
 
 
+class ThrottledTransport(StringTransport):
+    """
+    Like Twisted's own transports, asks its producer to pause once it holds
+    more than C{room} bytes; L{drain} is the peer reading everything.
+    """
+
+    room = 10 * KiB
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.room and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.clear()
+        self.producer.resumeProducing()
+
+
 class QueueTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -48,11 +66,13 @@ class QueueTestCase(SynchronousTestCase):
         self.router.add_link(self.camera)
         self.port = 40000
 
-    def connect(self, blobs: bool = True) -> tuple[ClientProtocol, StringTransport]:
+    def connect(
+        self, blobs: bool = True, transport_type: type[StringTransport] = StringTransport
+    ) -> tuple[ClientProtocol, StringTransport]:
         self.port += 1
         address = IPv4Address("TCP", "127.0.0.1", self.port)
         protocol = self.factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
+        transport = transport_type(peerAddress=address)
         protocol.makeConnection(transport)
         if blobs:
             protocol.dataReceived(b"<enableBLOB device='CCD'>Also</enableBLOB>")
@@ -95,29 +115,44 @@ class OutboundQueueTests(QueueTestCase):
         # The reading client got every frame.
         self.assertEqual(len(Parser().feed(reader_transport.value())), 20)
 
-    def test_draining_client_survives_burst(self) -> None:
-        """A client that caught up within the burst window may exceed max_queue (up to twice it)."""
-        client, transport = self.connect()
-        client.pauseProducing()
-        client.resumeProducing()  # it drained just now
-        client.pauseProducing()
-        for _ in range(15):
+    def fall_behind_while_draining(self, transport: ThrottledTransport, rounds: int) -> None:
+        """Two frames arrive for each one the client reads."""
+        for _ in range(rounds):
             self.camera.say(blob(10 * KiB))
+            self.camera.say(blob(10 * KiB))
+            transport.drain()
+
+    def test_draining_client_survives_burst(self) -> None:
+        """A client that keeps reading may go over max_queue for a while (up to twice it)."""
+        client, transport = self.connect(transport_type=ThrottledTransport)
+        self.fall_behind_while_draining(transport, 13)
         self.assertIn(client, self.router.clients)
         self.assertGreater(client.queued, self.router.max_queue)
-        self.clock.advance(2)
-        self.camera.say(blob(10 * KiB))
+        self.assertLessEqual(client.queued, 2 * self.router.max_queue)
+
+    def test_burst_limited_in_time(self) -> None:
+        """A draining client that stays over max_queue longer than the burst window is cut off."""
+        client, transport = self.connect(transport_type=ThrottledTransport)
+        self.fall_behind_while_draining(transport, 11)
+        self.assertIn(client, self.router.clients)
+        self.clock.advance(self.router.burst_window + 1)
+        self.fall_behind_while_draining(transport, 1)
         self.assertNotIn(client, self.router.clients)
 
     def test_burst_bounded_at_twice_the_limit(self) -> None:
         """Even a draining client is cut off past twice max_queue."""
-        client, _ = self.connect()
-        client.pauseProducing()
-        client.resumeProducing()
-        client.pauseProducing()
-        for _ in range(25):
-            self.camera.say(blob(10 * KiB))
+        client, transport = self.connect(transport_type=ThrottledTransport)
+        self.fall_behind_while_draining(transport, 25)
         self.assertNotIn(client, self.router.clients)
+
+    def test_caught_up_client_never_cut(self) -> None:
+        """A client that reads as fast as frames come is never queued past the limit."""
+        client, transport = self.connect(transport_type=ThrottledTransport)
+        for _ in range(100):
+            self.camera.say(blob(10 * KiB))
+            transport.drain()
+        self.assertIn(client, self.router.clients)
+        self.assertEqual(client.queued, 0)
 
     def test_stream_frames_skipped_when_behind(self) -> None:
         """Video stream frames are skipped for a client more than max_stream behind; other BLOBs still queue."""
