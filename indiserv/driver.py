@@ -50,8 +50,11 @@ def find_driver(program: str) -> str:
     @raise DriverNotFound: there is no such executable.
     """
     if os.sep in program:
-        if os.access(program, os.X_OK) and os.path.isfile(program):
-            return os.path.abspath(program)
+        if not os.path.isfile(program):
+            raise DriverNotFound(f"driver {program!r} does not exist")
+        if not os.access(program, os.X_OK):
+            raise DriverNotFound(f"driver {program!r} is not executable")
+        return os.path.abspath(program)
     else:
         found = shutil.which(program)
         if found is not None:

@@ -71,6 +71,14 @@ class FindDriverTests(SynchronousTestCase):
         """A bare name is looked up on PATH."""
         self.assertEqual(os.path.basename(find_driver("sh")), "sh")
 
+    def test_not_executable(self) -> None:
+        """A path to a file that cannot be executed is refused with a clear reason."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n")
+        error = self.assertRaises(DriverNotFound, find_driver, path)
+        self.assertIn(path, str(error))
+
     def test_missing(self) -> None:
         """A name that is not an executable on PATH is refused with a clear reason."""
         error = self.assertRaises(DriverNotFound, find_driver, "indi_no_such_driver")
