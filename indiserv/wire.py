@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NoReturn
 from xml.parsers import expat
 
 __all__ = [
@@ -66,23 +67,19 @@ class Limits:
 _NAME = rb"[A-Za-z_:][-A-Za-z0-9_.:]*"
 _ATTRIBUTE = rb"\s+" + _NAME + rb"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*')"
 _START_TAG = re.compile(rb"<(" + _NAME + rb")(?:" + _ATTRIBUTE + rb")*\s*(/?)>")
-# What an unfinished start tag may look like at the end of the buffer.
-_PARTIAL_START_TAG = re.compile(
-    rb"<(?:"
-    + _NAME
-    + rb"(?:"
-    + _ATTRIBUTE
-    + rb")*(?:\s+(?:"
-    + _NAME
-    + rb"(?:\s*(?:=\s*(?:\"[^\"<]*|'[^'<]*)?)?)?)?|\s*/)?)?\Z"
-)
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_NAME_START = re.compile(rb"[A-Za-z_:]")
+# What can end a start tag or open a quoted attribute value inside it.
+_TAG_DELIMITER = re.compile(rb"[>\"']")
+# Whitespace allowed between an end tag's name and its ">".
+_MAX_END_TAG_SPACE = 1024
 _END_OF_END_TAG = re.compile(rb"[ \t\r\n]*>")
 # Where a driver's stream is picked up again after bad input: the start of
 # an element that can begin an INDI message, or a declaration.
 _RESYNC = re.compile(
-    rb"<(?:\?xml|getProperties|def[A-Za-z]+Vector|set[A-Za-z]+Vector"
-    rb"|new[A-Za-z]+Vector|message|delProperty|enableBLOB|pingRequest|pingReply)"
+    rb"<(?:\?xml|getProperties|(?:def|set|new)(?:Text|Number|Switch|Light|BLOB)Vector"
+    rb"|message|delProperty|enableBLOB|pingRequest|pingReply)"
     rb"[\s/>]"
 )
 _RESYNC_TAIL = 32
@@ -287,16 +284,30 @@ class Parser:
     that can begin an INDI message, so a caller that wants to go on (a
     driver link) calls C{feed(b"")} to get what follows.
 
+    Every scan resumes where the previous feed stopped, so the cost is
+    linear in the input however it is cut up.
+
     @ivar limits: the L{Limits} it enforces.
     """
 
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits
         self._buffer = bytearray()
-        # The element being read (always at offset 0 of the buffer), if any.
+        self._resyncing = False
+        self._at_stream_start = True
+        # An unfinished start tag at offset 0: where its scan stopped, and
+        # the quote it stopped inside.
+        self._scan_from = 1
+        self._scan_quote: bytes | None = None
+        # An unfinished comment or processing instruction at offset 0.
+        self._skip_from = 0
+        # The element being read (always at offset 0 of the buffer), if any:
+        # its end tag, where to look for it next, how far its body has been
+        # checked for unfinished tags, and where such a tag opened.
         self._end_tag: bytes | None = None
         self._search_from = 0
-        self._resyncing = False
+        self._checked_to = 0
+        self._open_tag: int | None = None
 
     @property
     def pending(self) -> int:
@@ -307,6 +318,12 @@ class Parser:
         """Add C{data} to the stream; return the messages it completed."""
         buffer = self._buffer
         buffer += data
+        if self._at_stream_start:
+            if len(buffer) < 3 and _BYTE_ORDER_MARK.startswith(buffer):
+                return []
+            self._at_stream_start = False
+            if buffer.startswith(_BYTE_ORDER_MARK):
+                del buffer[:3]
         messages: list[Message] = []
         try:
             while buffer:
@@ -316,18 +333,31 @@ class Parser:
                     if not self._read_start(messages):
                         break
                 elif not self._read_to_end(messages):
+                    if self._end_tag is not None:
+                        self._check_open_tag()
                     break
+            if len(buffer) > self.limits.max_element:
+                self._fail(ElementTooLarge(
+                    f"element larger than {self.limits.max_element} bytes"
+                ))
         except WireError as e:
             e.messages = messages
             raise
-        if len(buffer) > self.limits.max_element:
-            # Drop the oversized element's "<" so resynchronising moves past it.
-            self._fail_resync(1)
-            self._resync()
-            raise ElementTooLarge(
-                f"element larger than {self.limits.max_element} bytes", messages
-            )
         return messages
+
+    def _fail(self, error: WireError, drop: int = 1) -> NoReturn:
+        """
+        Drop the first C{drop} bytes (at least the "<" of the bad element, so
+        resynchronising moves past it), start resynchronising, and raise.
+        """
+        del self._buffer[:drop]
+        self._end_tag = None
+        self._scan_from = 1
+        self._scan_quote = None
+        self._skip_from = 0
+        self._resyncing = True
+        self._resync()
+        raise error
 
     def _resync(self) -> bool:
         """Discard input up to the next plausible message start."""
@@ -340,62 +370,102 @@ class Parser:
         self._resyncing = False
         return True
 
-    def _fail_resync(self, drop: int) -> None:
-        del self._buffer[:drop]
-        self._end_tag = None
-        self._search_from = 0
-        self._resyncing = True
-
     def _read_start(self, messages: list[Message]) -> bool:
         """Consume what lies between elements and the next start tag."""
         buffer = self._buffer
-        start = _WHITESPACE.match(buffer).end()
-        if start == len(buffer):
-            buffer.clear()
-            return False
-        if buffer[start] != 0x3C:  # "<"
-            self._fail_resync(start + 1)
-            raise MalformedElement("text outside any element")
-        if start:
-            del buffer[:start]
-        if len(buffer) < 2:
-            return False
-        second = buffer[1]
-        if second == 0x3F:  # "<?": declaration or processing instruction
-            return self._skip_to(b"?>")
-        if buffer.startswith(b"<!--"):
-            return self._skip_to(b"-->")
-        if second == 0x21:  # "<!"
-            if len(buffer) < 4 and b"<!--".startswith(bytes(buffer)):
+        if self._scan_from == 1 and self._skip_from == 0:
+            start = _WHITESPACE.match(buffer).end()
+            if start == len(buffer):
+                buffer.clear()
                 return False
-            self._fail_resync(1)
-            raise MalformedElement(
-                "markup declarations (DOCTYPE, ENTITY, CDATA) are not allowed "
-                "between messages"
-            )
-        start_tag = _START_TAG.match(buffer)
-        if start_tag is None:
-            if _PARTIAL_START_TAG.match(buffer):
-                if len(buffer) > self.limits.max_start_tag:
-                    self._fail_resync(1)
-                    raise ElementTooLarge(
-                        f"start tag longer than {self.limits.max_start_tag} bytes"
-                    )
+            if buffer[start] != 0x3C:  # "<"
+                self._fail(MalformedElement("text outside any element"), start + 1)
+            if start:
+                del buffer[:start]
+            if len(buffer) < 2:
                 return False
-            self._fail_resync(1)
-            raise MalformedElement("malformed start tag")
+            second = buffer[1]
+            if second == 0x3F:  # "<?": declaration or processing instruction
+                return self._skip_to(b"?>", 2)
+            if second == 0x21:  # "<!"
+                if buffer.startswith(b"<!--"):
+                    return self._skip_to(b"-->", 4)
+                if len(buffer) < 4 and b"<!--".startswith(bytes(buffer)):
+                    return False
+                self._fail(MalformedElement(
+                    "markup declarations (DOCTYPE, ENTITY, CDATA) are not allowed "
+                    "between messages"
+                ))
+            if not _NAME_START.match(buffer, 1):
+                self._fail(MalformedElement("malformed start tag"))
+        elif self._skip_from:
+            return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
+        end = self._scan_start_tag()
+        if end < 0:
+            if len(buffer) > self.limits.max_start_tag:
+                self._fail(ElementTooLarge(
+                    f"start tag longer than {self.limits.max_start_tag} bytes"
+                ))
+            return False
+        self._scan_from = 1
+        self._scan_quote = None
+        if end > self.limits.max_start_tag:
+            self._fail(ElementTooLarge(
+                f"start tag longer than {self.limits.max_start_tag} bytes"
+            ))
+        start_tag = _START_TAG.match(buffer, 0, end)
+        if start_tag is None or start_tag.end() != end:
+            self._fail(MalformedElement("malformed start tag"))
         if start_tag.group(2):
-            self._emit(start_tag.end(), messages)
+            self._emit(end, messages)
             return True
         self._end_tag = b"</" + start_tag.group(1)
-        self._search_from = start_tag.end()
+        self._search_from = self._checked_to = end
+        self._open_tag = None
         return True
 
-    def _skip_to(self, terminator: bytes) -> bool:
-        end = self._buffer.find(terminator, 2)
+    def _scan_start_tag(self) -> int:
+        """
+        Where the start tag at offset 0 ends (just past its ">"), or -1 if it
+        has not ended yet; quotes are respected, and the scan resumes where
+        the last one stopped.
+        """
+        buffer = self._buffer
+        position = self._scan_from
+        quote = self._scan_quote
+        while True:
+            if quote is not None:
+                closing = buffer.find(quote, position)
+                if closing < 0:
+                    break
+                position = closing + 1
+                quote = None
+                continue
+            found = _TAG_DELIMITER.search(buffer, position)
+            if found is None:
+                position = len(buffer)
+                break
+            position = found.end()
+            if found.group() == b">":
+                return position
+            quote = found.group()
+        self._scan_from = len(buffer)
+        self._scan_quote = quote
+        return -1
+
+    def _skip_to(self, terminator: bytes, start: int) -> bool:
+        """Skip a comment or processing instruction at offset 0, once it ends."""
+        buffer = self._buffer
+        end = buffer.find(terminator, max(start, self._skip_from))
         if end < 0:
+            self._skip_from = max(start, len(buffer) - len(terminator) + 1)
+            if len(buffer) > self.limits.max_start_tag:
+                self._fail(ElementTooLarge(
+                    f"comment or instruction longer than {self.limits.max_start_tag} bytes"
+                ))
             return False
-        del self._buffer[: end + len(terminator)]
+        self._skip_from = 0
+        del buffer[: end + len(terminator)]
         return True
 
     def _read_to_end(self, messages: list[Message]) -> bool:
@@ -411,18 +481,50 @@ class Parser:
                 )
                 return False
             after = found + len(end_tag)
-            closing = _END_OF_END_TAG.match(buffer, after)
+            closing = _END_OF_END_TAG.match(buffer, after, after + _MAX_END_TAG_SPACE)
             if closing is not None:
                 self._end_tag = None
                 self._emit(closing.end(), messages)
                 return True
-            if _WHITESPACE.match(buffer, after).end() == len(buffer):
+            space = _WHITESPACE.match(buffer, after, after + _MAX_END_TAG_SPACE).end()
+            if space == len(buffer):
                 self._search_from = found
                 return False
-            # A longer name sharing the prefix, such as </setTextVectorX>.
+            # A longer name sharing the prefix, such as </setTextVectorX>, or
+            # an end tag padded beyond reason (expat will judge the element).
             self._search_from = found + 1
 
+    def _check_open_tag(self) -> None:
+        """
+        Refuse a tag inside the element body that stays open longer than a
+        start tag may be, without waiting for the whole element (the body
+        itself, a BLOB, may legitimately be huge).  A ">" inside an attribute
+        value counts as closing here: this bounds honest memory use; the
+        element limit bounds the rest.
+        """
+        buffer = self._buffer
+        new = self._checked_to
+        self._checked_to = len(buffer)
+        opened = buffer.rfind(b"<", new)
+        closed = buffer.rfind(b">", new)
+        if opened > closed:
+            self._open_tag = opened
+        elif closed >= 0:
+            self._open_tag = None
+        if (
+            self._open_tag is not None
+            and len(buffer) - self._open_tag > self.limits.max_start_tag
+        ):
+            self._fail(ElementTooLarge(
+                f"a tag inside <{self._end_tag[2:].decode('utf-8', 'replace')}>"  # type: ignore[index]
+                f" is longer than {self.limits.max_start_tag} bytes"
+            ))
+
     def _emit(self, end: int, messages: list[Message]) -> None:
+        if end > self.limits.max_element:
+            self._fail(
+                ElementTooLarge(f"element larger than {self.limits.max_element} bytes")
+            )
         raw = bytes(self._buffer[:end])
         del self._buffer[:end]
         self._search_from = 0

@@ -110,6 +110,13 @@ class ParserTests(SynchronousTestCase):
         (message,) = Parser().feed(raw)
         self.assertEqual(message.attrs["message"], "x > y")
 
+    def test_byte_order_mark_at_stream_start_skipped(self) -> None:
+        """A UTF-8 byte order mark at the very start of a stream is skipped, even split."""
+        parser = Parser()
+        self.assertEqual(parser.feed(b"\xef\xbb"), [])
+        (message,) = parser.feed(b"\xbf<getProperties version='1.7'/>")
+        self.assertEqual(message.tag, "getProperties")
+
     def test_comments_and_instructions_between_messages_skipped(self) -> None:
         """Comments and processing instructions between messages are dropped."""
         messages = Parser().feed(b"<!-- hi --><?pi x?><getProperties version='1.7'/>")
