@@ -159,24 +159,73 @@ class Message:
         return f"{self.tag} {where}{size}".rstrip()
 
 
-class _Inspector:
+class _Checker:
     """
-    Collects the top element's name, attributes and text during one expat
-    run, and enforces the attribute and depth limits on every element.
-    """
+    Proves framed elements well-formed with one long-lived expat parser.
 
-    __slots__ = ("limits", "depth", "tag", "attrs", "blob", "stream", "text")
+    The parser is primed with a synthetic root element, and each framed
+    message is fed to it as that root's next child, so no parser is built
+    per message.  After a message, expat must be back at the root with the
+    message's element closed; otherwise (a comment or CDATA section left
+    open, say) the message is refused.  After any refusal the parser is
+    rebuilt, since expat cannot go on after an error.
+
+    It also reads the message's routing keys and enforces the attribute and
+    depth limits on every element.
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.depth = 0
-        self.tag = ""
-        self.attrs: dict[str, str] = {}
-        self.blob = False
-        self.stream = False
-        self.text: list[str] = []
+        self._new_parser()
 
-    def start(self, name: str, attrs: dict[str, str]) -> None:
+    def _new_parser(self) -> None:
+        parser = expat.ParserCreate("UTF-8")
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.Parse(b"<indiserv-stream>", False)
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.StartDoctypeDeclHandler = self._doctype
+        parser.EntityDeclHandler = self._entity
+        self._parser = parser
+        self._depth = 1
+        self._closed = False
+
+    def check(self, raw: bytes, checked: bytes, enable_blob: bool) -> Message:
+        """
+        The L{Message} for C{raw}, after proving C{checked} (C{raw}, or
+        C{raw} with its BLOB bodies cut out) well-formed.
+        """
+        self._attrs: dict[str, str] = {}
+        self._tag = ""
+        self._blob = self._stream = self._closed = False
+        parser = self._parser
+        if enable_blob:
+            self._text: list[str] = []
+            parser.CharacterDataHandler = self._chars
+        try:
+            parser.Parse(checked, False)
+        except expat.ExpatError as e:
+            self._new_parser()
+            raise MalformedElement(
+                f"not well-formed XML ({expat.ErrorString(e.code)})"
+            ) from None
+        except WireError:
+            self._new_parser()
+            raise
+        if self._depth != 1 or not self._closed:
+            self._new_parser()
+            raise MalformedElement(
+                "not well-formed XML (the element does not end where it seems to:"
+                " an unclosed comment, CDATA section or instruction)"
+            )
+        message = Message(self._tag, self._attrs, raw, self._blob)
+        message.stream = self._stream
+        if enable_blob:
+            parser.CharacterDataHandler = None
+            message.text = "".join(self._text).strip()
+        return message
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
         limits = self.limits
         if len(attrs) > limits.max_attributes:
             raise MalformedElement(
@@ -188,65 +237,35 @@ class _Inspector:
                     f"an attribute of <{name}> is longer than"
                     f" {limits.max_attribute_length} characters"
                 )
-        if self.depth == 0:
-            self.tag = name
-            self.attrs = attrs
+        depth = self._depth
+        if depth == 1:
+            if self._closed:
+                raise MalformedElement("more than one element where one was framed")
+            self._tag = name
+            self._attrs = attrs
         elif name == "oneBLOB":
-            self.blob = True
+            self._blob = True
             if "stream" in attrs.get("format", ""):
-                self.stream = True
-        self.depth += 1
-        if self.depth > limits.max_depth:
+                self._stream = True
+        depth += 1
+        self._depth = depth
+        if depth - 1 > limits.max_depth:
             raise MalformedElement(f"elements nested deeper than {limits.max_depth}")
 
-    def end(self, name: str) -> None:
-        self.depth -= 1
+    def _end(self, name: str) -> None:
+        self._depth -= 1
+        if self._depth == 1:
+            self._closed = True
 
-    def chars(self, data: str) -> None:
-        if self.depth == 1:
-            self.text.append(data)
+    def _chars(self, data: str) -> None:
+        if self._depth == 2:
+            self._text.append(data)
 
-    def doctype(self, *args: object) -> None:
+    def _doctype(self, *args: object) -> None:
         raise MalformedElement("document type declarations are not allowed")
 
-    def entity(self, *args: object) -> None:
+    def _entity(self, *args: object) -> None:
         raise MalformedElement("entity declarations are not allowed")
-
-
-def _inspect(raw: bytes, limits: Limits) -> Message:
-    """
-    Prove C{raw} is one well-formed element and read its routing keys.
-
-    BLOB bodies are cut out and checked by alphabet; what remains goes
-    through expat, which rejects anything that is not well-formed XML,
-    including invalid UTF-8 and undefined entities.
-    """
-    checked = raw
-    if _BLOB_START in raw:
-        checked = _without_blob_bodies(raw)
-    inspector = _Inspector(limits)
-    parser = expat.ParserCreate("UTF-8")
-    parser.StartElementHandler = inspector.start
-    parser.EndElementHandler = inspector.end
-    parser.CharacterDataHandler = inspector.chars
-    parser.StartDoctypeDeclHandler = inspector.doctype
-    parser.EntityDeclHandler = inspector.entity
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    try:
-        parser.Parse(checked, True)
-    except expat.ExpatError as e:
-        raise MalformedElement(
-            f"not well-formed XML ({expat.ErrorString(e.code)}, offset {e.offset})"
-        ) from None
-    message = Message(
-        inspector.tag,
-        inspector.attrs,
-        raw,
-        inspector.blob,
-        "".join(inspector.text).strip(),
-    )
-    message.stream = inspector.stream
-    return message
 
 
 def _without_blob_bodies(raw: bytes) -> bytes:
@@ -292,6 +311,7 @@ class Parser:
 
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits
+        self._checker = _Checker(limits)
         self._buffer = bytearray()
         self._resyncing = False
         self._at_stream_start = True
@@ -528,7 +548,10 @@ class Parser:
         raw = bytes(self._buffer[:end])
         del self._buffer[:end]
         self._search_from = 0
-        messages.append(_inspect(raw, self.limits))
+        checked = _without_blob_bodies(raw) if _BLOB_START in raw else raw
+        messages.append(
+            self._checker.check(raw, checked, raw.startswith(b"<enableBLOB"))
+        )
 
 
 def timestamp(when: datetime | None = None) -> str:
