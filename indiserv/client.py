@@ -79,6 +79,9 @@ class ClientProtocol(Protocol, Link):
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def write_sequence(self, chunks: list[bytes]) -> None:
+        self.transport.writeSequence(chunks)
+
     def wire_error(self, error: WireError) -> bool:
         self.log.warn(
             "disconnecting {client}: {reason}", client=self.label, reason=error.reason

@@ -90,6 +90,10 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         if self.transport is not None:
             self.transport.write(data)
 
+    def write_sequence(self, chunks: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writeSequence(chunks)
+
     def overflow(self, message: Message) -> bool:
         if self._refusing is None:
             self.log.warn(

@@ -48,7 +48,6 @@ class Link:
     @ivar router: the router this link is attached to, once attached.
     @ivar blob_policy: what C{enableBLOB} asked for on this link: a client's
         BLOB delivery, or a driver's BLOB snooping.
-    @ivar bytes_sent: bytes handed to the transport since the link began.
     @ivar queued: bytes waiting in the link's queue for the peer to read.
     @ivar paused: the transport asked for no more data for now.
     """
@@ -66,7 +65,9 @@ class Link:
             self.limits = limits
         self.blob_policy = BlobPolicy()
         self.parser = Parser(self.limits)
-        self.bytes_sent = 0
+        # Messages sent during the router's current batch, written together
+        # when the batch ends (one transport call per link per input chunk).
+        self._out: list[bytes] = []
         self.queued = 0
         self.paused = False
         self._queue: deque[bytes] = deque()
@@ -94,11 +95,15 @@ class Link:
         @return: whether the message was accepted.
         """
         raw = message.raw
-        if not self.paused and not self._queue:
-            self.bytes_sent += len(raw)
-            self.write(raw)
-            return True
         router = self.router
+        if not self.paused and not self._queue:
+            if router is not None and router.batching:
+                if not self._out:
+                    router.dirty.append(self)
+                self._out.append(raw)
+            else:
+                self.write(raw)
+            return True
         if router is not None:
             if message.stream and self.queued > router.max_stream:
                 router.stream_skipped += 1
@@ -146,6 +151,18 @@ class Link:
         """Put C{data} on the way to the peer."""
         raise NotImplementedError
 
+    def write_sequence(self, chunks: list[bytes]) -> None:
+        """Put several messages on the way to the peer at once."""
+        for data in chunks:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Write what the router's batch sent to this link."""
+        out = self._out
+        if out:
+            self._out = []
+            self.write_sequence(out)
+
     def overflow(self, message: Message) -> bool:
         """
         The queue would pass the limit and the peer is not catching up.
@@ -168,7 +185,6 @@ class Link:
         while queue and not self.paused:
             raw = queue.popleft()
             self.queued -= len(raw)
-            self.bytes_sent += len(raw)
             self.write(raw)
         if router is not None:
             if self.queued <= router.max_queue:
@@ -195,22 +211,30 @@ class Link:
         raise NotImplementedError
 
     def bytes_received(self, data: bytes) -> None:
-        """Frame C{data} and route every complete message."""
+        """Frame C{data} and route every complete message, as one batch."""
         router = self.router
+        if router is None:
+            return
+        router.begin_batch()
+        try:
+            self._route_all(data, router)
+        finally:
+            router.end_batch()
+
+    def _route_all(self, data: bytes, router: Router) -> None:
         while True:
             try:
                 messages = self.parser.feed(data)
             except WireError as e:
-                if router is not None:
-                    for message in e.messages:
-                        router.route(message, self)
+                for message in e.messages:
+                    router.route(message, self)
                 if not self.wire_error(e):
                     return
                 data = b""
                 continue
-            if router is not None:
-                for message in messages:
-                    router.route(message, self)
+            route = router.route
+            for message in messages:
+                route(message, self)
             return
 
     def wire_error(self, error: WireError) -> bool:

@@ -82,6 +82,10 @@ class Router(Service):
         self.keepalive = keepalive
         self.verbose = verbose
         self.stream_skipped = 0
+        #: Inside a batch (the messages of one chunk of input), links
+        #: collect what they are sent and write it when the batch ends.
+        self.batching = 0
+        self.dirty: list[Link] = []
         self._paused_sources: set[Link] = set()
         # Snapshot of the clients for delivery loops, so a client cut off
         # in the middle of a delivery does not disturb the iteration.
@@ -173,6 +177,18 @@ class Router(Service):
             self.send_message(reason)
         link.router = None
         self.event("{link} detached", link=link.label)
+
+    def begin_batch(self) -> None:
+        """Collect sends until the matching L{end_batch}."""
+        self.batching += 1
+
+    def end_batch(self) -> None:
+        """Write what each link was sent since the outermost L{begin_batch}."""
+        self.batching -= 1
+        if not self.batching:
+            dirty, self.dirty = self.dirty, []
+            for link in dirty:
+                link.flush()
 
     def link_drained(self, link: Link) -> None:
         """

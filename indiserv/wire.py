@@ -418,6 +418,9 @@ class Parser:
                 ))
             if not _NAME_START.match(buffer, 1):
                 self._fail(MalformedElement("malformed start tag"))
+            start_tag = _START_TAG.match(buffer)
+            if start_tag is not None:  # the usual case: the whole tag is here
+                return self._start_tag_read(start_tag, messages)
         elif self._skip_from:
             return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
         end = self._scan_start_tag()
@@ -429,13 +432,18 @@ class Parser:
             return False
         self._scan_from = 1
         self._scan_quote = None
+        start_tag = _START_TAG.match(buffer, 0, end)
+        if start_tag is None or start_tag.end() != end:
+            self._fail(MalformedElement("malformed start tag"))
+        return self._start_tag_read(start_tag, messages)
+
+    def _start_tag_read(self, start_tag: re.Match[bytes], messages: list[Message]) -> bool:
+        """Go on from a complete start tag at offset 0."""
+        end = start_tag.end()
         if end > self.limits.max_start_tag:
             self._fail(ElementTooLarge(
                 f"start tag longer than {self.limits.max_start_tag} bytes"
             ))
-        start_tag = _START_TAG.match(buffer, 0, end)
-        if start_tag is None or start_tag.end() != end:
-            self._fail(MalformedElement("malformed start tag"))
         if start_tag.group(2):
             self._emit(end, messages)
             return True

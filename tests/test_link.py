@@ -49,6 +49,10 @@ class ThrottledTransport(StringTransport):
         if len(self.value()) > self.room and self.producer is not None:
             self.producer.pauseProducing()
 
+    def writeSequence(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.write(data)
+
     def drain(self) -> None:
         self.clear()
         self.producer.resumeProducing()
