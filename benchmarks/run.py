@@ -182,9 +182,13 @@ def stream(port: int, clients: int) -> dict[str, float]:
     socks = [connect(port) for _ in range(clients)]
     settle(socks)
     results: list[float] = [0.0] * clients
+    errors: list[BaseException] = []
 
     def reader(index: int) -> None:
-        results[index] = read_until(socks[index], DONE)
+        try:
+            results[index] = read_until(socks[index], DONE)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(clients)]
     begin = time.perf_counter()
@@ -196,6 +200,8 @@ def stream(port: int, clients: int) -> dict[str, float]:
     elapsed = time.perf_counter() - begin
     for sock in socks:
         sock.close()
+    if errors:
+        raise RuntimeError(f"no 'done' within {READ_TIMEOUT:g} s (wedged?): {errors[0]}")
     per_client = statistics.mean(results) / MiB / elapsed
     return {"MB/s per client": per_client, "MB/s total": per_client * clients, "seconds": elapsed}
 

@@ -145,7 +145,9 @@ class Link:
     def saturated(self) -> bool:
         """Whether this peer is so far behind that its sources should wait."""
         router = self.router
-        return router is not None and self.queued > router.high_water
+        return router is not None and self.queued > min(
+            router.high_water, router.max_queue // 2
+        )
 
     def write(self, data: bytes) -> None:
         """Put C{data} on the way to the peer."""

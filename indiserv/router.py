@@ -63,8 +63,9 @@ class Router(Service):
     max_queue = 128 * MiB
     #: Bytes behind after which a client skips video stream frames.
     max_stream = 5 * MiB
-    #: Bytes behind at which a peer counts as saturated: when every
-    #: receiver of a driver's output is, the driver's output is paused.
+    #: Bytes behind at which a peer counts as saturated (at most half of
+    #: max_queue): when every receiver of a driver's output is, the
+    #: driver's output is paused.
     high_water = 16 * MiB
     #: Seconds a peer that is draining may stay over max_queue (up to
     #: twice it) before it counts as too slow.
@@ -351,7 +352,9 @@ class Router(Service):
         Send device traffic to clients and snoopers, each as they asked; if
         every receiver is saturated, pause the source.
         """
-        high_water = self.high_water
+        # Saturated well before the cut-off, so that a driver is held back
+        # while its receivers can still catch up.
+        high_water = min(self.high_water, self.max_queue // 2)
         receivers = saturated = 0
         for client in self._receivers:
             if client.blob_policy.allows(message):

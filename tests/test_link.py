@@ -248,8 +248,10 @@ class RealSlowClientTests(TestCase):
         """While a driver streams BLOBs, a client that stops reading is cut off and the reading one gets every frame."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         server = IndiServer(host="127.0.0.1", port=0)
-        server.router.max_queue = 2 * 1024 * KiB
-        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "60", "--size", str(256 * KiB))
+        # Well above one read from the driver, well below what the stuck
+        # client's socket buffers and queue could hide.
+        server.router.max_queue = 8 * 1024 * KiB
+        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "100", "--size", str(256 * KiB))
         server.startService()
         self.addCleanup(server.stopService)
         yield server.listening
@@ -264,12 +266,12 @@ class RealSlowClientTests(TestCase):
         slow.transport.pauseProducing()  # it reads nothing from now on
         fast.say(START)
         yield fast.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
-        self.assertEqual(len([m for m in fast.received if m.blob]), 60)
+        self.assertEqual(len([m for m in fast.received if m.blob]), 100)
         self.assertEqual(len(server.router.clients), 1)
         self.assertTrue(any("max-queue" in e["log_format"] for e in logged))
         slow.transport.resumeProducing()
         yield slow.lost
-        self.assertLess(len([m for m in slow.received if m.blob]), 60)
+        self.assertLess(len([m for m in slow.received if m.blob]), 100)
 
     @defer.inlineCallbacks
     def test_only_client_stuck_driver_paused(self):
