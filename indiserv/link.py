@@ -17,7 +17,7 @@ that queue grows too long (see L{Link.send}).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -57,6 +57,9 @@ class Link:
     label = "link"
     #: What one element from this peer may be: set per link kind.
     limits = Limits()
+    #: A link kind may look at each incoming message before the router and
+    #: return False to drop it (see L{indiserv.remote.RemoteProtocol}).
+    screen: Callable[[Message], bool] | None = None
 
     router: Router | None = None
 
@@ -228,16 +231,24 @@ class Link:
             try:
                 messages = self.parser.feed(data)
             except WireError as e:
-                for message in e.messages:
-                    router.route(message, self)
+                self._route_each(e.messages, router)
                 if not self.wire_error(e):
                     return
                 data = b""
                 continue
-            route = router.route
+            self._route_each(messages, router)
+            return
+
+    def _route_each(self, messages: list[Message], router: Router) -> None:
+        route = router.route
+        screen = self.screen
+        if screen is None:
             for message in messages:
                 route(message, self)
-            return
+        else:
+            for message in messages:
+                if screen(message):
+                    route(message, self)
 
     def wire_error(self, error: WireError) -> bool:
         """

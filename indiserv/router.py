@@ -8,6 +8,8 @@ C{send} on the receivers.  The table it implements is in PROTOCOL.md.
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from datetime import datetime
 from typing import Callable, Iterable
 
@@ -25,6 +27,8 @@ __all__ = ["Router", "KEEPALIVE_TEXT", "MiB"]
 MiB = 1024 * 1024
 
 KEEPALIVE_TEXT = "Keep alive message"
+# How many getProperties hop marks are remembered for loop detection.
+_HOPS_REMEMBERED = 4096
 
 # The families of top-level tags, as routing sees them.
 _DEVICE_TRAFFIC = "device traffic"
@@ -83,6 +87,8 @@ class Router(Service):
         self.keepalive = keepalive
         self.verbose = verbose
         self.stream_skipped = 0
+        #: Messages routed since the router was made.
+        self.routed = 0
         #: Inside a batch (the messages of one chunk of input), links
         #: collect what they are sent and write it when the batch ends.
         self.batching = 0
@@ -95,6 +101,11 @@ class Router(Service):
         self.drivers: dict[Link, None] = {}
         self.remotes: dict[Link, None] = {}
         self.owners: dict[str, Link] = {}
+        #: Clients that announced devices: other servers connected to us.
+        self.peers: dict[Link, None] = {}
+        self._hop_ids = itertools.count(1)
+        self._hop_prefix = uuid.uuid4().hex[:12]
+        self._hops_seen: dict[str, None] = {}
         # device (None: every device) -> snooping link -> property names
         # (None among them: the whole device)
         self._snoops: dict[str | None, dict[Link, set[str | None]]] = {}
@@ -103,9 +114,13 @@ class Router(Service):
         self._keepalive_call: LoopingCall | None = None
         self.dropped = 0
         self._routes: dict[tuple[str, str], Callable[[Message, Link], None]] = {
-            (CLIENT, "getProperties"): self._client_get_properties,
+            (CLIENT, "getProperties"): self._get_properties,
             (CLIENT, _COMMAND): self._client_command,
             (CLIENT, "enableBLOB"): self._client_enable_blob,
+            (CLIENT, _DEVICE_TRAFFIC): self._peer_traffic,
+            (REMOTE, "getProperties"): self._get_properties,
+            (REMOTE, _COMMAND): self._driver_command,
+            (REMOTE, "enableBLOB"): self._client_enable_blob,
             (DRIVER, _DEVICE_TRAFFIC): self._device_traffic,
             (DRIVER, "getProperties"): self._driver_get_properties,
             (DRIVER, "enableBLOB"): self._driver_enable_blob,
@@ -163,6 +178,7 @@ class Router(Service):
         then given C{reason} as a C{message} when there is one.
         """
         self._registry(link).pop(link, None)
+        self.peers.pop(link, None)
         self._receivers = tuple(self.clients)
         self._paused_sources.discard(link)
         if link.saturated:
@@ -210,6 +226,7 @@ class Router(Service):
     def route(self, message: Message, source: Link) -> None:
         """Decide who receives C{message}, which arrived from C{source}."""
         self._quiet = False
+        self.routed += 1
         if self.verbose >= 2:
             self._trace(message, source)
         family = _tag_family.get(message.tag, message.tag)
@@ -243,17 +260,50 @@ class Router(Service):
         # libindi drivers hold back their next BLOB until this answer comes.
         source.send(wire.ping_reply(message.attrs.get("uid", "")))
 
-    def _drivers_and_remotes(self) -> Iterable[Link]:
-        return (*self.drivers, *self.remotes)
+    def _servers(self) -> Iterable[Link]:
+        """The other servers we are linked to, either way round."""
+        return (*self.remotes, *self.peers)
 
-    def _client_get_properties(self, message: Message, source: Link) -> None:
+    def _from_server(self, source: Link) -> bool:
+        return source.kind == REMOTE or source in self.peers
+
+    def _get_properties(self, message: Message, source: Link) -> None:
+        """A client's, or another server's, request for definitions."""
+        if self._from_server(source):
+            hop = message.attrs.get(wire.HOP)
+            if hop is not None:
+                if hop in self._hops_seen:
+                    self.log.debug("dropped a getProperties that came round a loop")
+                    return
+                self._saw_hop(hop)
         device = message.device
         owner = self.owners.get(device) if device and device != "*" else None
         if owner is not None:
-            owner.send(message)
+            if owner is not source:
+                self._ask(owner, message)
             return
-        for link in self._drivers_and_remotes():
-            link.send(message)
+        for link in (*self.drivers, *self._servers()):
+            if link is not source:
+                self._ask(link, message)
+
+    def _ask(self, link: Link, message: Message) -> None:
+        """Pass a getProperties on; between servers it carries a hop mark."""
+        if link.kind != DRIVER and wire.HOP not in message.attrs:
+            hop = f"{self._hop_prefix}-{next(self._hop_ids)}"
+            self._saw_hop(hop)
+            message = wire.get_properties(
+                message.device if message.device != "*" else None,
+                message.name,
+                message.attrs.get("version", "1.7"),
+                hop,
+            )
+        link.send(message)
+
+    def _saw_hop(self, hop: str) -> None:
+        seen = self._hops_seen
+        seen[hop] = None
+        if len(seen) > _HOPS_REMEMBERED:
+            del seen[next(iter(seen))]
 
     def _client_command(self, message: Message, source: Link) -> None:
         owner = self.owners.get(message.device)  # type: ignore[arg-type]
@@ -278,9 +328,14 @@ class Router(Service):
                 source=source.label,
             )
             return
-        # Other clients learn what was asked, as with indiserver.
+        # Other clients learn what was asked, as with indiserver (not other
+        # servers: for them it would be a second command).
         for client in self._receivers:
-            if client is not source and client.blob_policy.allows(message):
+            if (
+                client is not source
+                and client not in self.peers
+                and client.blob_policy.allows(message)
+            ):
                 client.send(message)
 
     def _client_enable_blob(self, message: Message, source: Link) -> None:
@@ -313,14 +368,14 @@ class Router(Service):
         owner = self.owners.get(device) if device else None
         if owner is not None:
             if owner is not source:
-                owner.send(message)
+                self._ask(owner, message)
             return
         # A local driver of a device not seen yet will announce it anyway
-        # when it starts; only a remote server might already have it.
-        receivers = self.remotes if device else self._drivers_and_remotes()
+        # when it starts; only another server might already have it.
+        receivers = self._servers() if device else (*self.drivers, *self._servers())
         for link in receivers:
             if link is not source:
-                link.send(message)
+                self._ask(link, message)
 
     def _driver_enable_blob(self, message: Message, source: Link) -> None:
         if source not in self._snoops.get(
@@ -334,8 +389,22 @@ class Router(Service):
             return
         self._client_enable_blob(message, source)
 
+    def _peer_traffic(self, message: Message, source: Link) -> None:
+        """Device traffic from a client: another server, sharing its devices."""
+        if source not in self.peers:
+            self.peers[source] = None
+            self.event("{link} is a server sharing its devices", link=source.label)
+        self._device_traffic(message, source)
+
     def _device_traffic(self, message: Message, source: Link) -> None:
         device = message.device
+        if device is None and self._from_server(source):
+            # Another server's own notices are for our clients only: passed
+            # on between servers they could go round a loop for ever.
+            for client in self._receivers:
+                if client not in self.peers:
+                    client.send(message)
+            return
         if device is not None:
             owner = self.owners.get(device)
             if owner is None:
@@ -357,10 +426,16 @@ class Router(Service):
         high_water = min(self.high_water, self.max_queue // 2)
         receivers = saturated = 0
         for client in self._receivers:
-            if client.blob_policy.allows(message):
+            if client is not source and client.blob_policy.allows(message):
                 client.send(message)
                 receivers += 1
                 saturated += client.queued > high_water
+        for remote in self.remotes:
+            # Up the tree: the servers we link to see our devices too.
+            if remote is not source and remote.blob_policy.allows(message):
+                remote.send(message)
+                receivers += 1
+                saturated += remote.queued > high_water
         if self._snoops:
             for snooper in self._snoopers(message):
                 if snooper is not source and snooper.blob_policy.allows(message):

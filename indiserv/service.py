@@ -15,13 +15,14 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from zope.interface import implementer
 
 from indiserv.client import CLIENT_LIMITS, ClientFactory
 from indiserv.driver import DriverService
+from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
@@ -148,6 +149,41 @@ class IndiServer(MultiService):
         )
         driver.setServiceParent(self)
         return driver
+
+    def add_remote(
+        self,
+        host: str,
+        port: int = 7624,
+        blob_enable: bool = False,
+        debug_enable: bool = False,
+        *,
+        device: str | None = None,
+    ) -> RemoteService:
+        """
+        Link to the INDI server at C{host:port}, for all its devices or only
+        C{device}.  C{host} may also be a Twisted client endpoint string
+        (C{tcp:...}, C{tls:...}), which then says where to connect.  BLOBs
+        cross the link only with C{blob_enable}; C{debug_enable} logs every
+        message that arrives over it.
+        """
+        if host.startswith(("tcp:", "tls:", "unix:", "ssl:")):
+            description, address = host, host
+        else:
+            escaped = host.replace(":", "\\:")
+            description, address = f"tcp:host={escaped}:port={int(port)}", f"{host}:{port}"
+        endpoint = clientFromString(self.reactor, description)
+        remote = RemoteService(
+            self.router,
+            endpoint,
+            address,
+            device=device,
+            blob_enable=blob_enable,
+            debug_enable=debug_enable,
+            limits=self.driver_limits,
+            clock=self.reactor,
+        )
+        remote.setServiceParent(self)
+        return remote
 
     def send_message(self, message: str, timestamp: datetime | None = None) -> None:
         """Send a C{message} from the server to every client."""

@@ -4,12 +4,14 @@ The twistd plugin: C{twistd -n indiserver --port 7624 DRIVER ...}.
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
 from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
+from indiserv.remote import parse_remote
 from indiserv.service import IndiServer, endpoint_description
 from indiserv.wire import Limits
 
@@ -17,12 +19,14 @@ __all__ = ["Options", "makeService"]
 
 
 class Options(usage.Options):
-    synopsis = "[options] DRIVER [DRIVER ...]"
+    synopsis = "[options] DRIVER|[DEVICE]@HOST[:PORT] ..."
     longdesc = (
         "Run an INDI server. Each DRIVER is an executable INDI driver found on"
         " PATH (or a path to one); quote a driver with arguments as one word,"
-        " such as 'indi_simulator_ccd --verbose'. Clients such as KStars,"
-        " PHD2 or indi_getprop connect to --port."
+        " such as 'indi_simulator_ccd --verbose'. An argument of the form"
+        " [DEVICE]@HOST[:PORT] links to another INDI server (for DEVICE only,"
+        " if given), as with indiserver. Clients such as KStars, PHD2 or"
+        " indi_getprop connect to --port."
     )
     optParameters = [
         [
@@ -95,10 +99,22 @@ class Options(usage.Options):
         ["max-depth", None, 8, "Nesting of elements allowed in a message.", int],
     ]
 
+    optFlags = [
+        ["remote-blobs", None, "Let BLOBs cross the links to remote servers."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["verbose"] = 0
         self["drivers"] = []
+        self["remotes"] = []
+
+    def opt_remote(self, spec: str) -> None:
+        """
+        Link to another INDI server: [device@]host[:port], or a Twisted
+        client endpoint string such as tls:host:port. Repeatable.
+        """
+        self["remotes"].append(_remote(spec))
 
     def opt_verbose(self) -> None:
         """More logging: -v key events, -vv a line per message, -vvv full XML."""
@@ -107,7 +123,12 @@ class Options(usage.Options):
     opt_v = opt_verbose
 
     def parseArgs(self, *drivers: str) -> None:
-        self["drivers"] = [shlex.split(driver) for driver in drivers]
+        for driver in drivers:
+            if _REMOTE_ARGUMENT.match(driver):
+                # indiserver's syntax for a device of a remote server.
+                self["remotes"].append(_remote(driver))
+            else:
+                self["drivers"].append(shlex.split(driver))
 
     def postOptions(self) -> None:
         if self["max-connections"] < 1:
@@ -137,6 +158,19 @@ class Options(usage.Options):
         self["endpoint"] = endpoint_description(self["port"], self["host"])
 
 
+# indiserver's [device]@host[:port]: device names may have spaces, hosts not.
+_REMOTE_ARGUMENT = re.compile(r"^[^@]*@[^\s@/:]+(:\d+)?$")
+
+
+def _remote(spec: str) -> tuple[str | None, str, int]:
+    if spec.startswith(("tcp:", "tls:", "unix:", "ssl:")):
+        return None, spec, 0
+    try:
+        return parse_remote(spec)
+    except ValueError:
+        raise usage.UsageError(f"bad remote {spec!r}: expected [device@]host[:port]")
+
+
 def megabytes(value: float) -> int:
     """Bytes in C{value} MB (MiB, as indiserver counts them)."""
     return int(value * 1024 * 1024)
@@ -164,4 +198,6 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
     server.keepalive = config["keepalive"]
     for program, *args in config["drivers"]:
         server.add_exdriver(program, *args)
+    for device, host, port in config["remotes"]:
+        server.add_remote(host, port, bool(config["remote-blobs"]), device=device)
     return server

@@ -617,10 +617,25 @@ def message(
 
 
 def get_properties(
-    device: str | None = None, name: str | None = None, version: str = "1.7"
+    device: str | None = None,
+    name: str | None = None,
+    version: str = "1.7",
+    hop: str | None = None,
 ) -> Message:
-    """A C{getProperties} request, for everything or one device or property."""
-    return _build("getProperties", {"version": version, "device": device, "name": name})
+    """
+    A C{getProperties} request, for everything or one device or property.
+
+    C{hop} marks a request passed between servers, so that a loop of
+    servers can recognise one it has already passed on.
+    """
+    return _build(
+        "getProperties",
+        {"version": version, "device": device, "name": name, HOP: hop},
+    )
+
+
+#: The attribute marking a getProperties passed between servers.
+HOP = "indiserv-hop"
 
 
 def del_property(

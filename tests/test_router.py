@@ -120,11 +120,46 @@ class ClientRowsTests(RouterTestCase):
         self.assertEqual(self.alice.received[0].attrs["uid"], "42")
         self.assertEqual(self.telescope.tags() + self.ccd.tags() + self.bob.tags(), [])
 
-    def test_client_device_traffic_dropped(self) -> None:
-        """A plain client cannot announce devices: its def*/set* go nowhere."""
-        self.alice.say(CCD_BLOB)
-        self.assertEqual(self.bob.tags() + self.ccd.tags(), [])
-        self.assertEqual(self.router.dropped, 1)
+    def test_client_announcing_devices_is_a_peer(self) -> None:
+        """A client that announces a device is another server: it owns the device and is asked for definitions."""
+        self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
+        self.assertIs(self.router.owners["Far Cam"], self.alice)
+        self.assertIn(self.alice, self.router.peers)
+        self.assertEqual(self.bob.tags(), ["defSwitchVector"])
+        self.assertEqual(self.alice.tags(), [])
+        self.bob.say(b"<getProperties version='1.7'/>")
+        (asked,) = self.alice.take()
+        self.assertEqual(asked.tag, "getProperties")
+        self.assertIn("indiserv-hop", asked.attrs)
+
+    def test_peer_gets_commands_once(self) -> None:
+        """A command for a peer's device reaches the peer once, not also as an echo."""
+        self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
+        self.bob.take()
+        command = b"<newSwitchVector device='Far Cam' name='C'><oneSwitch name='A'>Off</oneSwitch></newSwitchVector>"
+        self.bob.say(command)
+        self.assertEqual([m.raw for m in self.alice.received], [command])
+
+    def test_peer_notices_stay_local(self) -> None:
+        """A device-less message from another server reaches plain clients only."""
+        self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
+        carol = self.attach(CLIENT, "client carol")
+        carol.say(b"<defTextVector device='Other' name='T'><defText name='A'/></defTextVector>")
+        for link in (self.alice, self.bob, carol):
+            link.take()
+        self.alice.say(b"<message message='driver X stopped'/>")
+        self.assertEqual(self.bob.tags(), ["message"])
+        self.assertEqual(carol.tags(), [])
+
+    def test_looping_get_properties_dropped(self) -> None:
+        """A getProperties that comes back with a hop mark this server issued goes no further."""
+        self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
+        self.bob.say(b"<getProperties version='1.7'/>")
+        (asked,) = self.alice.take()
+        self.telescope.take()
+        self.ccd.take()
+        self.alice.say(asked.raw)
+        self.assertEqual(self.telescope.tags() + self.ccd.tags(), [])
 
     def test_unknown_tag_dropped(self) -> None:
         """A tag outside the table is dropped and counted."""

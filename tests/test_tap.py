@@ -58,6 +58,24 @@ class OptionsTests(SynchronousTestCase):
         options = parse("sh", "sh -c 'exit 0'")
         self.assertEqual(options["drivers"], [["sh"], ["sh", "-c", "exit 0"]])
 
+    def test_remotes(self) -> None:
+        """[device]@host[:port] arguments and --remote name remote servers; --remote-blobs lets BLOBs cross."""
+        options = parse("--remote", "far:7700", "--remote-blobs", "sh", "@near", "CCD Simulator@far:7701")
+        self.assertEqual(options["drivers"], [["sh"]])
+        self.assertEqual(
+            options["remotes"],
+            [(None, "far", 7700), (None, "near", 7624), ("CCD Simulator", "far", 7701)],
+        )
+        self.assertTrue(options["remote-blobs"])
+        server = makeService(options)
+        remotes = [child for child in server if hasattr(child, "blob_enable")]
+        self.assertEqual([r.address for r in remotes], ["far:7700", "near:7624", "CCD Simulator@far:7701"])
+        self.assertTrue(all(r.blob_enable for r in remotes))
+
+    def test_bad_remote(self) -> None:
+        """A remote whose port is not a number is a usage error."""
+        self.assertRaises(UsageError, parse, "--remote", "far:seven")
+
     def test_missing_driver(self) -> None:
         """A driver that is not on PATH is a usage error naming it."""
         error = self.assertRaises(UsageError, parse, "indi_no_such_driver")

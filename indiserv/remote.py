@@ -1,0 +1,256 @@
+"""
+Remote links: this server as a client of another INDI server.
+
+A remote's devices become devices of this server (clients here see and
+control them, drivers here can snoop them), and this server's devices flow
+to the remote the same way, so servers connected in a tree form one INDI
+network.  The connection is kept up by Twisted's C{ClientService}, which
+reconnects with exponential backoff whenever it is refused or lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from indiserv import wire
+from indiserv.blobs import ALSO
+from indiserv.link import REMOTE, Link
+from indiserv.router import KEEPALIVE_TEXT, Router
+from indiserv.wire import Limits, Message, WireError
+
+__all__ = ["RemoteProtocol", "RemoteService", "parse_remote"]
+
+DEFAULT_PORT = 7624
+
+
+def parse_remote(spec: str) -> tuple[str | None, str, int]:
+    """
+    Split indiserver's C{[device]@host[:port]} (or plain C{host[:port]}) into
+    (device or None, host, port).
+
+    @raise ValueError: the port is not a number.
+    """
+    device: str | None = None
+    if "@" in spec:
+        device, spec = spec.rsplit("@", 1)
+        device = device or None
+    host, _, port = spec.partition(":")
+    return device, host or "localhost", int(port) if port else DEFAULT_PORT
+
+
+class RemoteProtocol(Protocol, Link):
+    """The connection to one remote INDI server, as a link."""
+
+    log = Logger()
+    kind = REMOTE
+
+    def __init__(self, service: RemoteService):
+        Link.__init__(self, service.limits)
+        self.service = service
+        self.label = f"remote {service.address}"
+        self._probe: LoopingCall | None = None
+        self._last_heard = 0.0
+        self._pinged = False
+        self._uids = itertools.count(1)
+
+    def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        router = self.service.router
+        router.add_link(self)
+        self.transport.registerProducer(self, True)
+        if self.service.blob_enable:
+            self.blob_policy.set(ALSO)  # our BLOBs may go up this link too
+        self.log.info("connected to {remote}", remote=self.label)
+        self.write(wire.get_properties(self.service.device).raw)
+        self._last_heard = router.clock.seconds()
+        period = router.keepalive or 30
+        self._probe = LoopingCall(self._check_alive, period)
+        self._probe.clock = router.clock
+        self._probe.start(period, now=False)
+
+    def dataReceived(self, data: bytes) -> None:
+        router = self.router
+        if router is None:
+            return
+        self._last_heard = router.clock.seconds()
+        self._pinged = False
+        self.bytes_received(data)
+
+    def screen(self, message: Message) -> bool:
+        """
+        Messages from the remote: keep only the scoped device's, ask for the
+        BLOBs of each BLOB vector it defines (when enabled), drop its
+        keepalives.
+        """
+        if self.service.debug_enable:
+            self.log.info("{remote}: {xml}", remote=self.label,
+                          xml=message.raw.decode("utf-8", "replace").strip())
+        scope = self.service.device
+        if scope is not None and message.device is not None and message.device != scope:
+            return False
+        if message.tag == "defBLOBVector" and self.service.blob_enable:
+            self.write(wire.enable_blob(ALSO, message.device, message.name).raw)  # type: ignore[arg-type]
+        if (
+            message.tag == "message"
+            and message.device is None
+            and message.attrs.get("message") == KEEPALIVE_TEXT
+        ):
+            return False
+        return True
+
+    def send(self, message: Message) -> bool:
+        scope = self.service.device
+        if scope is not None:
+            if message.tag == "getProperties" and message.device is None:
+                message = wire.get_properties(scope, version=message.attrs.get("version", "1.7"))
+            elif message.device is not None and message.device != scope:
+                return True  # not this link's business
+        return Link.send(self, message)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def write_sequence(self, chunks: list[bytes]) -> None:
+        self.transport.writeSequence(chunks)
+
+    def wire_error(self, error: WireError) -> bool:
+        self.log.warn(
+            "{remote} sent bad INDI ({reason}); skipped to its next message",
+            remote=self.label,
+            reason=error.reason,
+        )
+        return True
+
+    def overflow(self, message: Message) -> bool:
+        self.log.warn(
+            "dropping the connection to {remote}: {queued} bytes behind and not"
+            " catching up; it will be reconnected",
+            remote=self.label,
+            queued=self.queued,
+        )
+        self.stopProducing()
+        self.transport.abortConnection()
+        return False
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    def close(self) -> defer.Deferred[None]:
+        self.transport.loseConnection()
+        return defer.succeed(None)
+
+    def _check_alive(self, period: float) -> None:
+        """Probe a remote silent for two keepalive periods; drop it if it stays silent."""
+        router = self.router
+        if router is None:
+            return
+        if router.clock.seconds() - self._last_heard < 2 * period:
+            return
+        if self._pinged:
+            self.log.warn(
+                "{remote} did not answer a ping; reconnecting", remote=self.label
+            )
+            self.transport.abortConnection()
+            return
+        self._pinged = True
+        self.write(f'<pingRequest uid="indiserv-{next(self._uids)}"/>\n'.encode())
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._probe is not None and self._probe.running:
+            self._probe.stop()
+        router = self.router
+        if router is not None:
+            self.log.info("lost {remote}", remote=self.label)
+            router.remove_link(self, f"Lost the connection to {self.label}")
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """Logs each failed attempt to reach the remote, with why."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, address: str):
+        self._endpoint = endpoint
+        self._address = address
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        d = self._endpoint.connect(factory)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.log.warn(
+            "cannot reach remote {address}: {why}; will retry",
+            address=self._address,
+            why=failure.getErrorMessage(),
+        )
+        return failure
+
+
+class _RemoteFactory(Factory):
+    def __init__(self, service: RemoteService):
+        self.service = service
+
+    def buildProtocol(self, addr: Any) -> RemoteProtocol:
+        return RemoteProtocol(self.service)
+
+
+class RemoteService(ClientService):
+    """
+    Keeps a link to one remote INDI server up while the service runs.
+
+    @ivar address: what the user named, for logs and clients.
+    @ivar device: the one device wanted (indiserver's C{device@host}), or
+        L{None} for all of them.
+    @ivar blob_enable: whether BLOBs cross this link.
+    @ivar debug_enable: log every message that arrives over the link.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        endpoint: IStreamClientEndpoint,
+        address: str,
+        device: str | None = None,
+        blob_enable: bool = False,
+        debug_enable: bool = False,
+        limits: Limits = Limits(),
+        clock: Any = None,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ):
+        self.router = router
+        self.address = address if device is None else f"{device}@{address}"
+        self.device = device
+        self.blob_enable = blob_enable
+        self.debug_enable = debug_enable
+        self.limits = limits
+        def retry(attempt: int) -> float:
+            # attempt counts failures from 1: the first retry comes after
+            # initial_delay, then twice as long each time, up to max_delay,
+            # plus up to a second of jitter so servers do not retry in step.
+            delay = initial_delay * 2.0 ** min(attempt - 1, 64)
+            return min(delay, max_delay) + random.random()
+
+        super().__init__(
+            _ReportingEndpoint(endpoint, self.address),
+            _RemoteFactory(self),
+            retryPolicy=retry,
+            clock=clock if clock is not None else router.clock,
+        )
