@@ -634,8 +634,9 @@ def get_properties(
     )
 
 
-#: The attribute marking a getProperties passed between servers.
-HOP = "indiserv-hop"
+#: The attribute marking a getProperties passed between servers (letters
+#: only: indiserver's lilxml drops elements with a "-" in an attribute name).
+HOP = "indiservHop"
 
 
 def del_property(

@@ -61,7 +61,7 @@ def terminate(process, watch: _Collect) -> defer.Deferred[None]:
 
 
 class InteropTestCase(TestCase):
-    timeout = 120
+    timeout = 60
 
     def setUp(self) -> None:
         require_programs(
@@ -94,9 +94,9 @@ class InteropTestCase(TestCase):
         return sorted(out.decode().splitlines()), code
 
     @defer.inlineCallbacks
-    def indiserver(self, *drivers: str):
+    def indiserver(self, *drivers: str, port: int | None = None):
         """indilib's indiserver, for comparison; fires with its port once it listens."""
-        port = free_port()
+        port = port or free_port()
         watch = self.indiserver_output = _Collect(rb"listening to port \d+")
         process = reactor.spawnProcess(
             watch, "/usr/bin/indiserver",
@@ -262,3 +262,127 @@ class CrashTests(InteropTestCase):
         client.take()
         yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
         self.assertEqual(server.router.owners[CCD].name, "indi_simulator_ccd")
+
+
+class RemoteInteropTests(InteropTestCase):
+    """Chains of servers with indilib's indiserver and real drivers."""
+
+    @defer.inlineCallbacks
+    def test_indiserv_upstream_of_indiserver(self):
+        """indiserv linked to indiserver serves its telescope: indi_getprop lists it, indi_setprop connects it."""
+        below = yield self.indiserver("indi_simulator_telescope")
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_remote("127.0.0.1", below)
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        lines, code = yield self.getprop(server.port, f"{TELESCOPE}.CONNECTION.*")
+        self.assertEqual(code, 0)
+        self.assertIn(f"{TELESCOPE}.CONNECTION.CONNECT=Off", lines)
+        out, err, code = yield self.run_tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(server.port), f"{TELESCOPE}.CONNECTION.CONNECT=On"
+        )
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.run_tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", str(server.port), "-t", "10", "-w",
+            f'"{TELESCOPE}.CONNECTION.CONNECT"==1',
+        )
+        self.assertEqual(code, 0, out + err)
+
+    @defer.inlineCallbacks
+    def test_indiserver_upstream_of_indiserv(self):
+        """indiserver with device@host:port pointing at indiserv serves indiserv's telescope."""
+        server = yield self.indiserv("indi_simulator_telescope")
+        above = yield self.indiserver(f"{TELESCOPE}@127.0.0.1:{server.port}")
+        lines, code = yield self.getprop(above, f"{TELESCOPE}.CONNECTION.*", seconds=3)
+        self.assertEqual(code, 0, lines)
+        self.assertIn(f"{TELESCOPE}.CONNECTION.CONNECT=Off", lines)
+
+    @defer.inlineCallbacks
+    def test_driver_on_a_snoops_device_on_b(self):
+        """A driver on server A snoops the telescope of server B."""
+        b = yield self.indiserv("indi_simulator_telescope")
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SNOOPER)
+        a = IndiServer(host="127.0.0.1", port=0)
+        a.add_remote("127.0.0.1", b.port)
+        a.add_exdriver(sys.executable, script).env = self.env
+        a.startService()
+        self.addCleanup(a.stopService)
+        yield a.listening
+        client = yield connect_client(a.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(
+            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield client.wait_for(
+            lambda m: m.device == "Snooper"
+            and m.attrs.get("message", "").startswith("got set")
+            and "EQUATORIAL_EOD_COORD" in m.attrs["message"]
+        )
+
+    @defer.inlineCallbacks
+    def test_ccd_image_crosses_only_with_blob_enable(self):
+        """An indi_simulator_ccd image on B reaches a client of A linked with blob_enable, not one without."""
+        b = yield self.indiserv("indi_simulator_ccd")
+        servers = []
+        for blobs in (True, False):
+            server = IndiServer(host="127.0.0.1", port=0)
+            server.add_remote("127.0.0.1", b.port, blob_enable=blobs)
+            server.startService()
+            self.addCleanup(server.stopService)
+            yield server.listening
+            servers.append(server)
+        clients = []
+        for server in servers:
+            client = yield connect_client(server.port)
+            self.addCleanup(client.transport.loseConnection)
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='CCD Simulator'>Also</enableBLOB>")
+            yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+            clients.append(client)
+        clients[0].say(
+            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        for client in clients:
+            yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "CCD_EXPOSURE")
+        clients[0].say(
+            b"<newNumberVector device='CCD Simulator' name='CCD_EXPOSURE'>"
+            b"<oneNumber name='CCD_EXPOSURE_VALUE'>1</oneNumber></newNumberVector>"
+        )
+        image = yield clients[0].wait_for(lambda m: m.tag == "setBLOBVector" and m.blob)
+        self.assertGreater(len(image.raw), 100_000)
+        # The exposure ends (state Ok) on the other side too, but no image came.
+        yield clients[1].wait_for(
+            lambda m: m.name == "CCD_EXPOSURE" and m.tag == "setNumberVector" and m.attrs.get("state") == "Ok"
+        )
+        self.assertEqual([m for m in clients[1].received if m.blob], [])
+
+    @defer.inlineCallbacks
+    def test_remote_process_killed_and_restarted(self):
+        """When the remote indiserver is killed its devices go; when it is back they return."""
+        port = yield self.indiserver("indi_simulator_telescope")
+        first = self.indiserver_output
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_remote("127.0.0.1", port)
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE)
+        first.transport.signalProcess("KILL")
+        yield first.ended
+        yield client.wait_for(lambda m: m.tag == "delProperty" and m.device == TELESCOPE)
+        client.take()
+        yield self.indiserver("indi_simulator_telescope", port=port)
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.tag.startswith("def"))

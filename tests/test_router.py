@@ -130,7 +130,7 @@ class ClientRowsTests(RouterTestCase):
         self.bob.say(b"<getProperties version='1.7'/>")
         (asked,) = self.alice.take()
         self.assertEqual(asked.tag, "getProperties")
-        self.assertIn("indiserv-hop", asked.attrs)
+        self.assertIn("indiservHop", asked.attrs)
 
     def test_peer_gets_commands_once(self) -> None:
         """A command for a peer's device reaches the peer once, not also as an echo."""
