@@ -118,6 +118,8 @@ class ClientProtocol(Protocol, Link):
         """Hang up once what was queued for the client is written."""
         closed: defer.Deferred[None] = defer.Deferred()
         self._closed.append(closed)
+        # TLS shuts down only once no producer is registered.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         return closed
 

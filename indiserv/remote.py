@@ -16,7 +16,11 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import (
+    ISSLTransport,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -50,7 +54,12 @@ def parse_remote(spec: str) -> tuple[str | None, str, int]:
 
 
 class RemoteProtocol(Protocol, Link):
-    """The connection to one remote INDI server, as a link."""
+    """
+    The connection to one remote INDI server, as a link.
+
+    @ivar heard: the remote has sent something (over TLS: the handshake
+        succeeded, certificate and hostname verified).
+    """
 
     log = Logger()
     kind = REMOTE
@@ -63,17 +72,23 @@ class RemoteProtocol(Protocol, Link):
         self._last_heard = 0.0
         self._pinged = False
         self._uids = itertools.count(1)
+        self.heard = False
 
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         router = self.service.router
+        self.service.protocol = self
         router.add_link(self)
         self.transport.registerProducer(self, True)
         if self.service.blob_enable:
             self.blob_policy.set(ALSO)  # our BLOBs may go up this link too
         self.log.info("connected to {remote}", remote=self.label)
         self.write(wire.get_properties(self.service.device).raw)
+        if ISSLTransport.providedBy(self.transport):
+            # Data can only come back once the TLS handshake has succeeded;
+            # a ping makes sure some does, even from a server with no devices.
+            self.write(f'<pingRequest uid="indiserv-{next(self._uids)}"/>\n'.encode())
         self._last_heard = router.clock.seconds()
         period = router.keepalive or 30
         self._probe = LoopingCall(self._check_alive, period)
@@ -86,6 +101,10 @@ class RemoteProtocol(Protocol, Link):
             return
         self._last_heard = router.clock.seconds()
         self._pinged = False
+        if not self.heard:
+            # Over TLS, data only comes once the handshake has succeeded.
+            self.heard = True
+            self.service.failures = 0
         self.bytes_received(data)
 
     def screen(self, message: Message) -> bool:
@@ -151,6 +170,8 @@ class RemoteProtocol(Protocol, Link):
         self.transport.resumeProducing()
 
     def close(self) -> defer.Deferred[None]:
+        # TLS shuts down only once no producer is registered.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         return defer.succeed(None)
 
@@ -171,6 +192,13 @@ class RemoteProtocol(Protocol, Link):
         self.write(f'<pingRequest uid="indiserv-{next(self._uids)}"/>\n'.encode())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.heard and ISSLTransport.providedBy(self.transport):
+            self.log.warn(
+                "TLS handshake with {remote} failed: {why}; will retry",
+                remote=self.label,
+                why=reason.getErrorMessage() if reason is not None else "unknown",
+            )
+        self.service.protocol = None
         if self._probe is not None and self._probe.running:
             self._probe.stop()
         router = self.router
@@ -222,6 +250,8 @@ class RemoteService(ClientService):
     @ivar debug_enable: log every message that arrives over the link.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         router: Router,
@@ -241,16 +271,34 @@ class RemoteService(ClientService):
         self.blob_enable = blob_enable
         self.debug_enable = debug_enable
         self.limits = limits
-        def retry(attempt: int) -> float:
-            # attempt counts failures from 1: the first retry comes after
-            # initial_delay, then twice as long each time, up to max_delay,
-            # plus up to a second of jitter so servers do not retry in step.
-            delay = initial_delay * 2.0 ** min(attempt - 1, 64)
-            return min(delay, max_delay) + random.random()
+        #: The link while connected.
+        self.protocol: RemoteProtocol | None = None
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        #: Attempts in a row that did not reach a talking remote.
+        self.failures = 0
 
         super().__init__(
             _ReportingEndpoint(endpoint, self.address),
             _RemoteFactory(self),
-            retryPolicy=retry,
+            retryPolicy=self._retry_delay,
             clock=clock if clock is not None else router.clock,
         )
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self.protocol is not None and self.protocol.transport is not None:
+            # TLS shuts down only once no producer is registered.
+            self.protocol.transport.unregisterProducer()
+        return super().stopService()
+
+    def _retry_delay(self, attempt: int) -> float:
+        """
+        The delay before the next attempt.  ClientService counts a TCP
+        connection as success, so a TLS handshake that then fails would
+        reset its count: failures are counted here instead, and only a
+        remote that has answered (L{RemoteProtocol.heard}) resets them.
+        """
+        self.failures += 1
+        delay = self.initial_delay * 2.0 ** min(self.failures - 1, 64)
+        # Up to a second of jitter, so that servers do not retry in step.
+        return min(delay, self.max_delay) + random.random()

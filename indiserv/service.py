@@ -17,7 +17,9 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from indiserv.client import CLIENT_LIMITS, ClientFactory
@@ -26,7 +28,7 @@ from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "endpoint_description", "SHUTDOWN_TEXT"]
+__all__ = ["IndiServer", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
 
@@ -43,6 +45,24 @@ def endpoint_description(port: int | str, host: str = "localhost") -> str:
         interface = host.replace(":", "\\:")
         return f"tcp:{int(port)}:interface={interface}"
     return str(port)
+
+
+def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any:
+    """
+    TLS options for serving: the server's PEM certificate and private key
+    files and, with C{client_ca}, a PEM CA certificate file that every
+    client's certificate must be signed by (clients without one are refused).
+    """
+    with open(certificate, "rb") as f:
+        pem = f.read()
+    with open(key, "rb") as f:
+        pem += b"\n" + f.read()
+    server = PrivateCertificate.loadPEM(pem)
+    if client_ca is None:
+        return server.options()
+    with open(client_ca, "rb") as f:
+        authority = Certificate.loadPEM(f.read())
+    return server.options(authority)
 
 
 @implementer(IStreamServerEndpoint)
@@ -85,6 +105,7 @@ class IndiServer(MultiService):
         max_stream: int = Router.max_stream,
         client_limits: Limits = CLIENT_LIMITS,
         driver_limits: Limits = Limits(),
+        tls: Any = None,
     ):
         super().__init__()
         if reactor is None:
@@ -104,8 +125,13 @@ class IndiServer(MultiService):
         self.listening_port: IListeningPort | None = None
         self._stop = False
         endpoint = serverFromString(reactor, endpoint_description(port, host))
+        listening_factory: Any = self.factory
+        if tls is not None:
+            # INDI over TLS on any endpoint, with whatever the options demand
+            # of clients (see tls_options).
+            listening_factory = TLSMemoryBIOFactory(tls, False, self.factory)
         self._listener = StreamServerEndpointService(
-            _ReportingEndpoint(endpoint, self), self.factory
+            _ReportingEndpoint(endpoint, self), listening_factory
         )
         # Fail startup loudly when the port cannot be bound.
         self._listener._raiseSynchronously = True

@@ -12,7 +12,7 @@ from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
 from indiserv.remote import parse_remote
-from indiserv.service import IndiServer, endpoint_description
+from indiserv.service import IndiServer, endpoint_description, tls_options
 from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
@@ -97,6 +97,15 @@ class Options(usage.Options):
             int,
         ],
         ["max-depth", None, 8, "Nesting of elements allowed in a message.", int],
+        ["tls-cert", None, None, "Serve INDI over TLS with this PEM certificate file."],
+        ["tls-key", None, None, "The PEM private key file of --tls-cert."],
+        [
+            "require-client-cert",
+            None,
+            None,
+            "With --tls-cert: refuse clients without a certificate signed by"
+            " the CA in this PEM file.",
+        ],
     ]
 
     optFlags = [
@@ -155,6 +164,10 @@ class Options(usage.Options):
                 find_driver(command[0])
             except DriverNotFound as e:
                 raise usage.UsageError(str(e))
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["require-client-cert"] and not self["tls-cert"]:
+            raise usage.UsageError("--require-client-cert needs --tls-cert and --tls-key")
         self["endpoint"] = endpoint_description(self["port"], self["host"])
 
 
@@ -194,6 +207,11 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         max_stream=megabytes(config["max-stream"]),
         client_limits=Limits(megabytes(config["max-client-message"]), **shape),
         driver_limits=Limits(megabytes(config["max-driver-message"]), **shape),
+        tls=(
+            tls_options(config["tls-cert"], config["tls-key"], config["require-client-cert"])
+            if config["tls-cert"]
+            else None
+        ),
     )
     server.keepalive = config["keepalive"]
     for program, *args in config["drivers"]:

@@ -1,0 +1,190 @@
+"""
+INDI over TLS: serving with certificates, remote links that verify them,
+and client certificates, with certificates made by the test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from indiserv import IndiServer
+from indiserv.remote import RemoteService
+from indiserv.service import tls_options
+
+from .support import child_env, connect_client
+
+SIMULATOR = "indiserv Simulator"
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def make_ca(common: str):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common))
+        .issuer_name(_name(common))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_leaf(ca, hostname: str):
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hostname))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def write_pair(directory: str, name: str, pair) -> tuple[str, str]:
+    key, cert = pair
+    cert_path = os.path.join(directory, f"{name}.pem")
+    key_path = os.path.join(directory, f"{name}.key")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+class TLSTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dir, "trust"))
+        self.ca = make_ca("indiserv test CA")
+        self.ca_pem, _ = write_pair(os.path.join(self.dir, "trust"), "ca", self.ca)
+        self.trust = os.path.join(self.dir, "trust")
+
+    def leaf(self, name: str, hostname: str, ca=None) -> tuple[str, str]:
+        return write_pair(self.dir, name, make_leaf(ca or self.ca, hostname))
+
+    @defer.inlineCallbacks
+    def serve_tls(self, cert: tuple[str, str], client_ca: str | None = None):
+        server = IndiServer(
+            host="127.0.0.1", port=0, tls=tls_options(cert[0], cert[1], client_ca)
+        )
+        server.add_exdriver(sys.executable, "-m", "indiserv.simulator").env = child_env()
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        return server
+
+    @defer.inlineCallbacks
+    def link(self, port: int, extra: str = ""):
+        """Server A, linked over TLS to the server on C{port}; fires with A and a client of it."""
+        a = IndiServer(host="127.0.0.1", port=0)
+        a.add_remote(f"tls:localhost:{port}:trustRoots={self.trust}{extra}")
+        a.startService()
+        self.addCleanup(a.stopService)
+        yield a.listening
+        client = yield connect_client(a.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        return a, client
+
+    def handshake_failure(self, times: int = 1) -> defer.Deferred[dict]:
+        """Fires when a remote link has logged C{times} failed TLS handshakes."""
+        failed: defer.Deferred[dict] = defer.Deferred()
+        seen = []
+
+        def watch(event: dict) -> None:
+            if "TLS handshake" in event.get("log_format", "") and not failed.called:
+                seen.append(event)
+                if len(seen) == times:
+                    failed.callback(event)
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        return failed
+
+    @defer.inlineCallbacks
+    def test_verified_link(self):
+        """A remote link over TLS to a server whose certificate the trust roots vouch for works."""
+        b = yield self.serve_tls(self.leaf("server", "localhost"))
+        a, client = yield self.link(b.port)
+        yield client.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+
+    @defer.inlineCallbacks
+    def test_wrong_hostname_refused(self):
+        """A certificate for another host name is refused, and each refusal counts towards the backoff."""
+        failed = self.handshake_failure(times=2)
+        b = yield self.serve_tls(self.leaf("server", "elsewhere.example"))
+        a, client = yield self.link(b.port)
+        yield failed
+        self.assertNotIn(SIMULATOR, a.router.owners)
+        (remote,) = [child for child in a if isinstance(child, RemoteService)]
+        # ClientService saw a TCP connection each time and would have reset
+        # its count; ours kept counting, so the delays keep growing.
+        self.assertGreaterEqual(remote.failures, 1)
+
+    @defer.inlineCallbacks
+    def test_untrusted_ca_refused(self):
+        """A certificate from a CA outside the trust roots is refused."""
+        failed = self.handshake_failure()
+        stranger = make_ca("someone else")
+        b = yield self.serve_tls(self.leaf("server", "localhost", stranger))
+        a, client = yield self.link(b.port)
+        yield failed
+        self.assertNotIn(SIMULATOR, a.router.owners)
+
+    @defer.inlineCallbacks
+    def test_client_certificate_required(self):
+        """A server that requires client certificates refuses a link without one and accepts one with it."""
+        failed = self.handshake_failure()
+        b = yield self.serve_tls(self.leaf("server", "localhost"), client_ca=self.ca_pem)
+        a, client = yield self.link(b.port)
+        yield failed
+        self.assertNotIn(SIMULATOR, a.router.owners)
+        cert, key = self.leaf("client", "observatory-a")
+        a2, client2 = yield self.link(b.port, f":certificate={cert}:privateKey={key}")
+        yield client2.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
