@@ -184,13 +184,16 @@ class IndiServer(MultiService):
         debug_enable: bool = False,
         *,
         device: str | None = None,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
     ) -> RemoteService:
         """
         Link to the INDI server at C{host:port}, for all its devices or only
         C{device}.  C{host} may also be a Twisted client endpoint string
         (C{tcp:...}, C{tls:...}), which then says where to connect.  BLOBs
         cross the link only with C{blob_enable}; C{debug_enable} logs every
-        message that arrives over it.
+        message that arrives over it.  A refused or lost link is retried
+        after C{initial_delay} seconds, doubling up to C{max_delay}.
         """
         if host.startswith(("tcp:", "tls:", "unix:", "ssl:")):
             description, address = host, host
@@ -207,6 +210,8 @@ class IndiServer(MultiService):
             debug_enable=debug_enable,
             limits=self.driver_limits,
             clock=self.reactor,
+            initial_delay=initial_delay,
+            max_delay=max_delay,
         )
         remote.setServiceParent(self)
         return remote

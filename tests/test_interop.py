@@ -386,3 +386,36 @@ class RemoteInteropTests(InteropTestCase):
         client.take()
         yield self.indiserver("indi_simulator_telescope", port=port)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.tag.startswith("def"))
+
+
+class RemoteSnoopTests(InteropTestCase):
+    @defer.inlineCallbacks
+    def test_driver_on_b_snoops_device_on_a(self):
+        """A driver on the server A links to snoops A's telescope through the link."""
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SNOOPER)
+        b = IndiServer(host="127.0.0.1", port=0)
+        b.add_exdriver(sys.executable, script).env = self.env
+        b.startService()
+        self.addCleanup(b.stopService)
+        yield b.listening
+        a = IndiServer(host="127.0.0.1", port=0)
+        a.add_exdriver("indi_simulator_telescope").env = self.env
+        a.add_remote("127.0.0.1", b.port)
+        a.startService()
+        self.addCleanup(a.stopService)
+        yield a.listening
+        client = yield connect_client(b.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(
+            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
+            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+        )
+        yield client.wait_for(
+            lambda m: m.device == "Snooper"
+            and m.attrs.get("message", "").startswith("got set")
+            and "EQUATORIAL_EOD_COORD" in m.attrs["message"]
+        )

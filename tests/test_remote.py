@@ -10,12 +10,13 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
-from indiserv.remote import RemoteService, parse_remote
+from indiserv.remote import RemoteProtocol, RemoteService, parse_remote
 from indiserv.router import Router
+from indiserv.wire import Parser
 
 from .support import child_env, connect_client
 from .test_link import BLOB_DRIVER
@@ -75,6 +76,36 @@ class ReconnectTests(SynchronousTestCase):
         server.startService()
         self.assertTrue(server.running)
         server.stopService()
+
+
+class ProbeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.router = Router(clock=self.clock)
+        self.service = RemoteService(self.router, _RefusingEndpoint(), "far:7624", clock=self.clock)
+        self.protocol = RemoteProtocol(self.service)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.transport.clear()
+
+    def test_silent_remote_pinged_then_dropped(self) -> None:
+        """A remote silent for two keepalive periods gets a pingRequest, and is dropped if that goes unanswered."""
+        self.clock.advance(30)
+        self.assertEqual(self.transport.value(), b"")
+        self.clock.advance(30)
+        (ping,) = Parser().feed(self.transport.value())
+        self.assertEqual(ping.tag, "pingRequest")
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(30)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_answered_ping_keeps_link(self) -> None:
+        """A pingReply (any data) keeps the link up."""
+        self.clock.advance(60)
+        self.protocol.dataReceived(b"<pingReply uid='indiserv-1'/>")
+        self.clock.advance(30)
+        self.assertFalse(self.transport.disconnecting)
+        self.protocol.connectionLost(None)
 
 
 class TwoServerTestCase(TestCase):
