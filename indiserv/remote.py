@@ -88,7 +88,7 @@ class RemoteProtocol(Protocol, Link):
         if ISSLTransport.providedBy(self.transport):
             # Data can only come back once the TLS handshake has succeeded;
             # a ping makes sure some does, even from a server with no devices.
-            self.write(f'<pingRequest uid="indiserv-{next(self._uids)}"/>\n'.encode())
+            self._ping()
         self._last_heard = router.clock.seconds()
         period = router.keepalive or 30
         self._probe = LoopingCall(self._check_alive, period)
@@ -189,7 +189,10 @@ class RemoteProtocol(Protocol, Link):
             self.transport.abortConnection()
             return
         self._pinged = True
-        self.write(f'<pingRequest uid="indiserv-{next(self._uids)}"/>\n'.encode())
+        self._ping()
+
+    def _ping(self) -> None:
+        self.write(wire.ping_request(f"indiserv-{next(self._uids)}").raw)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if not self.heard and ISSLTransport.providedBy(self.transport):

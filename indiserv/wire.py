@@ -34,6 +34,7 @@ __all__ = [
     "del_property",
     "enable_blob",
     "ping_reply",
+    "ping_request",
     "timestamp",
     "DEFAULT_MAX_ELEMENT",
     "Limits",
@@ -652,6 +653,11 @@ def del_property(
 def enable_blob(policy: str, device: str, name: str | None = None) -> Message:
     """An C{enableBLOB} asking a server to send (or withhold) BLOBs."""
     return _build("enableBLOB", {"device": device, "name": name}, policy)
+
+
+def ping_request(uid: str) -> Message:
+    """A C{pingRequest}: is the peer there?"""
+    return _build("pingRequest", {"uid": uid})
 
 
 def ping_reply(uid: str) -> Message:
