@@ -148,9 +148,7 @@ class Link:
     def saturated(self) -> bool:
         """Whether this peer is so far behind that its sources should wait."""
         router = self.router
-        return router is not None and self.queued > min(
-            router.high_water, router.max_queue // 2
-        )
+        return router is not None and self.queued > router.saturation
 
     def write(self, data: bytes) -> None:
         """Put C{data} on the way to the peer."""

@@ -195,6 +195,14 @@ class Router(Service):
         link.router = None
         self.event("{link} detached", link=link.label)
 
+    @property
+    def saturation(self) -> int:
+        """
+        Bytes behind at which a peer is saturated: well before the cut-off,
+        so that a driver is held back while its receivers can catch up.
+        """
+        return min(self.high_water, self.max_queue // 2)
+
     def begin_batch(self) -> None:
         """Collect sends until the matching L{end_batch}."""
         self.batching += 1
@@ -421,27 +429,15 @@ class Router(Service):
         Send device traffic to clients and snoopers, each as they asked; if
         every receiver is saturated, pause the source.
         """
-        # Saturated well before the cut-off, so that a driver is held back
-        # while its receivers can still catch up.
-        high_water = min(self.high_water, self.max_queue // 2)
+        high_water = self.saturation
         receivers = saturated = 0
-        for client in self._receivers:
-            if client is not source and client.blob_policy.allows(message):
-                client.send(message)
+        # Clients; then up the tree, the servers we link to; then snoopers.
+        snoopers = self._snoopers(message) if self._snoops else ()
+        for link in itertools.chain(self._receivers, self.remotes, snoopers):
+            if link is not source and link.blob_policy.allows(message):
+                link.send(message)
                 receivers += 1
-                saturated += client.queued > high_water
-        for remote in self.remotes:
-            # Up the tree: the servers we link to see our devices too.
-            if remote is not source and remote.blob_policy.allows(message):
-                remote.send(message)
-                receivers += 1
-                saturated += remote.queued > high_water
-        if self._snoops:
-            for snooper in self._snoopers(message):
-                if snooper is not source and snooper.blob_policy.allows(message):
-                    snooper.send(message)
-                    receivers += 1
-                    saturated += snooper.queued > high_water
+                saturated += link.queued > high_water
         if saturated and saturated == receivers and source.router is self:
             if source not in self._paused_sources:
                 self.log.info(
