@@ -66,11 +66,17 @@ def free_port() -> int:
 
 
 class Server:
-    """One server under test, serving the benchmark driver with given arguments."""
+    """
+    One server under test, serving the benchmark driver with given
+    arguments; with C{upstream_of}, a second server linked to that one
+    (for the chained scenario) and serving no driver of its own.
+    """
 
-    def __init__(self, kind: str, driver_args: list[str], workdir: str, max_queue_mb: int = 0):
+    def __init__(self, kind: str, driver_args: list[str], workdir: str, max_queue_mb: int = 0,
+                 upstream_of: Server | None = None):
         self.kind = kind
         self.port = free_port()
+        self.lower = upstream_of
         wrapper = os.path.join(workdir, f"bench_driver_{self.port}")
         with open(wrapper, "w") as f:
             f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(DRIVER)} "
@@ -83,12 +89,18 @@ class Server:
                     "--max-connections", "100"]
             if max_queue_mb:
                 argv += ["--max-queue", str(max_queue_mb)]
-            argv.append(wrapper)
+            if upstream_of is not None:
+                argv += ["--remote", f"127.0.0.1:{upstream_of.port}", "--remote-blobs"]
+            else:
+                argv.append(wrapper)
         elif kind == "indiserver":
             argv = ["indiserver", "-p", str(self.port), "-u", os.path.join(workdir, f"u{self.port}")]
             if max_queue_mb:
                 argv += ["-m", str(max_queue_mb)]
-            argv.append(wrapper)
+            if upstream_of is not None:
+                argv.append(f"Bench@127.0.0.1:{upstream_of.port}")
+            else:
+                argv.append(wrapper)
         elif kind == "indipyserver":
             argv = [sys.executable, "-c", IPYSERVER, str(self.port), wrapper]
         elif kind == "twisted-pump":
@@ -124,6 +136,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.lower is not None:
+            self.lower.stop()
 
 
 def available(kind: str) -> str | None:
@@ -284,6 +298,11 @@ def scenarios(smoke: bool) -> dict[str, tuple[list[str], int, Callable]]:
         "round_trip": (["--blobs", "0"], 0, lambda s, p: round_trip(p, trips)),
         # Without enclen: with it, indiserver 1.9.9 wedges (PROTOCOL.md, defect 7)
         # and there would be nothing to compare with.
+        "fan_out_50": (["--blobs", "0", "--numbers", str(200 if smoke else 2000)], 0,
+                       lambda s, p: updates(p, 50, 200 if smoke else 2000)),
+        # Without enclen, which wedges indiserver (see slow_client).
+        "chained_blob_stream": (["--blobs", str(blobs), "--size", str(size), "--no-enclen"], 0,
+                                lambda s, p: stream(p, 1)),
         "slow_client": (["--blobs", str(slow_blobs), "--size", str(MiB), "--no-enclen"], 32,
                         lambda s, p: slow_client(s, p)),
         "fast_client_alone": (["--blobs", str(slow_blobs), "--size", str(MiB), "--no-enclen"], 32,
@@ -318,9 +337,15 @@ def main() -> int:
             for kind in servers:
                 if kind in missing or (kind == "twisted-pump" and name.startswith("slow")):
                     continue
+                if name.startswith("chained") and kind not in ("indiserv", "indiserver"):
+                    continue  # only these two chain servers (device@host / --remote)
                 runs = []
                 for _ in range(repeat):
-                    server = Server(kind, driver_args, workdir, max_queue)
+                    if name.startswith("chained"):
+                        server = Server(kind, driver_args, workdir, max_queue,
+                                        upstream_of=Server(kind, driver_args, workdir, max_queue))
+                    else:
+                        server = Server(kind, driver_args, workdir, max_queue)
                     try:
                         runs.append(measure(server, server.port))
                     except Exception as e:  # a peer that fails a scenario is reported, not fatal
