@@ -1,10 +1,11 @@
 """
 Hostile input: every kind of link against bad bytes.
 
-The same cases run over a client connection and over a driver's pipes
-(L{HostileInputMixin}); each kind's subclass says what bad input costs that
-peer.  A client is told why in an INDI C{message}, disconnected and
-forgotten; a driver's bad output is logged and skipped to its next message.
+The same cases run over a client connection, a driver's pipes and a link
+to a remote server (L{HostileInputMixin}); each kind's subclass says what
+bad input costs that peer.  A client is told why in an INDI C{message},
+disconnected and forgotten; a driver's or a remote server's bad output is
+logged and skipped to its next message.
 Either way a well-behaved client and driver on the same router never notice
 (DESIGN.md invariants 2 to 4).
 
@@ -32,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
 from indiserv.link import Link
+from indiserv.remote import RemoteProtocol, RemoteService
 from indiserv.router import KEEPALIVE_TEXT, Router
 from indiserv.wire import ElementTooLarge, Limits, Message, Parser, WireError
 
@@ -652,7 +654,7 @@ class DriverHostileTests(HostileInputMixin, SynchronousTestCase):
     def assertRefused(self, reason: str) -> None:
         """A warning logged; still attached, still the owner, and its next message gets through."""
         self.assertWarned(reason)
-        self.assertIn(self.hostile, self.router.drivers)
+        self.assertIn(self.hostile, self.registry())
         self.assertIs(self.hostile.router, self.router)
         self.assertIs(self.router.owners[self.device.decode()], self.hostile)
         after = b"<message device='" + self.device + b"' message='after the bad bytes'/>"
@@ -662,10 +664,39 @@ class DriverHostileTests(HostileInputMixin, SynchronousTestCase):
 
     def assertStillServed(self) -> None:
         """Still attached, and its next update reaches the clients."""
-        self.assertIn(self.hostile, self.router.drivers)
+        self.assertIn(self.hostile, self.registry())
         self.forget()
         self.say(self.vector() + b"\n")
         self.assertEqual(self.forwarded(), [self.vector()])
+
+
+class RemoteHostileTests(DriverHostileTests):
+    """Bad input from a remote server: logged and skipped, as from a driver; the link stays."""
+
+    def new_hostile(self) -> RemoteProtocol:  # type: ignore[override]
+        self._drivers += 1
+        self.device = b"Hostile %d" % self._drivers
+        service = RemoteService(self.router, None, f"far{self._drivers}:7624", clock=self.router.clock)  # type: ignore[arg-type]
+        self.hostile = RemoteProtocol(service)
+        self.hostile_transport = StringTransport()
+        self.hostile.makeConnection(self.hostile_transport)
+        self.addCleanup(self.end_hostile)
+        self.say(
+            b"<defSwitchVector device='" + self.device + b"' name='CONNECTION'"
+            b" state='Idle' perm='rw' rule='OneOfMany'>"
+            b"<defSwitch name='CONNECT'>Off</defSwitch></defSwitchVector>\n"
+        )
+        return self.hostile
+
+    def say(self, data: bytes) -> None:
+        self.hostile.dataReceived(data)
+
+    def end_hostile(self) -> None:
+        if self.hostile.router is not None or (self.hostile._probe and self.hostile._probe.running):
+            self.hostile.connectionLost(Failure(ConnectionDone()))
+
+    def registry(self) -> dict[Link, None]:
+        return self.router.remotes
 
 
 # -- property tests of the parser ---------------------------------------------
