@@ -76,12 +76,6 @@ class ClientProtocol(Protocol, Link):
         if self.router is not None:
             self.bytes_received(data)
 
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def write_sequence(self, chunks: list[bytes]) -> None:
-        self.transport.writeSequence(chunks)
-
     def wire_error(self, error: WireError) -> bool:
         self.log.warn(
             "disconnecting {client}: {reason}", client=self.label, reason=error.reason
@@ -107,12 +101,6 @@ class ClientProtocol(Protocol, Link):
         self.stopProducing()
         self.transport.abortConnection()
         return False
-
-    def pause_reading(self) -> None:
-        self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        self.transport.resumeProducing()
 
     def close(self) -> defer.Deferred[None]:
         """Hang up once what was queued for the client is written."""

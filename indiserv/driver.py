@@ -127,14 +127,6 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         # Ask for its definitions, as indiserver does when a driver starts.
         self.write(wire.get_properties().raw)
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def write_sequence(self, chunks: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writeSequence(chunks)
-
     def overflow(self, message: Message) -> bool:
         if self._refusing is None:
             self.log.warn(
@@ -151,14 +143,6 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         if not self.paused and self._refusing is not None:
             self._refusing = None
             self.log.info("{driver} is reading its input again", driver=self.name)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resumeProducing()
 
     def outReceived(self, data: bytes) -> None:
         self.bytes_received(data)

@@ -17,7 +17,7 @@ that queue grows too long (see L{Link.send}).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -43,7 +43,8 @@ class Link:
     One peer of the router.
 
     Subclasses set L{kind}, give a L{label} for logs, and implement
-    L{write}, L{wire_error} and L{overflow}.
+    L{wire_error}, L{overflow} and L{close}; writing and pausing go to the
+    link's C{transport}.
 
     @ivar router: the router this link is attached to, once attached.
     @ivar blob_policy: what C{enableBLOB} asked for on this link: a client's
@@ -62,6 +63,8 @@ class Link:
     screen: Callable[[Message], bool] | None = None
 
     router: Router | None = None
+    #: The connection or process the peer is on (set by Twisted).
+    transport: Any = None
 
     def __init__(self, limits: Limits | None = None) -> None:
         if limits is not None:
@@ -152,12 +155,15 @@ class Link:
 
     def write(self, data: bytes) -> None:
         """Put C{data} on the way to the peer."""
-        raise NotImplementedError
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
 
     def write_sequence(self, chunks: list[bytes]) -> None:
         """Put several messages on the way to the peer at once."""
-        for data in chunks:
-            self.write(data)
+        transport = self.transport
+        if transport is not None:
+            transport.writeSequence(chunks)
 
     def flush(self) -> None:
         """Write what the router's batch sent to this link."""
@@ -205,9 +211,13 @@ class Link:
 
     def pause_reading(self) -> None:
         """Stop reading from the peer for now (backpressure on a source)."""
+        if self.transport is not None:
+            self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
         """Read from the peer again."""
+        if self.transport is not None:
+            self.transport.resumeProducing()
 
     def close(self) -> Deferred[None]:
         """End the link; the Deferred fires once it has ended."""

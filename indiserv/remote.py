@@ -138,12 +138,6 @@ class RemoteProtocol(Protocol, Link):
                 return True  # not this link's business
         return Link.send(self, message)
 
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def write_sequence(self, chunks: list[bytes]) -> None:
-        self.transport.writeSequence(chunks)
-
     def wire_error(self, error: WireError) -> bool:
         self.log.warn(
             "{remote} sent bad INDI ({reason}); skipped to its next message",
@@ -162,12 +156,6 @@ class RemoteProtocol(Protocol, Link):
         self.stopProducing()
         self.transport.abortConnection()
         return False
-
-    def pause_reading(self) -> None:
-        self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        self.transport.resumeProducing()
 
     def close(self) -> defer.Deferred[None]:
         # TLS shuts down only once no producer is registered.

@@ -94,6 +94,9 @@ class RecordingLink(Link, MessageLog):
         for message in Parser().feed(data):
             self.arrived(message)
 
+    def write_sequence(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
+
     def wire_error(self, error: WireError) -> bool:
         self.wire_errors.append(error)
         return True
