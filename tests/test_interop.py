@@ -44,6 +44,24 @@ while True:
 """
 
 
+def connect(device: str) -> bytes:
+    """A client's command to connect C{device}."""
+    return (
+        f"<newSwitchVector device='{device}' name='CONNECTION'>"
+        "<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
+    ).encode()
+
+
+def snooped_coordinates(message) -> bool:
+    """The SNOOPER driver reporting an update of the telescope's coordinates."""
+    said = message.attrs.get("message", "")
+    return (
+        message.device == "Snooper"
+        and said.startswith("got set")
+        and "EQUATORIAL_EOD_COORD" in said
+    )
+
+
 def free_port() -> int:
     """A port number the OS just handed out (for indiserver, which needs a number)."""
     with socket.socket() as s:
@@ -74,14 +92,35 @@ class InteropTestCase(TestCase):
         self.env = child_env(HOME=self.home)
 
     @defer.inlineCallbacks
-    def indiserv(self, *drivers: str):
+    def indiserv(self, *drivers: str, remotes: tuple[int, ...] = (), blob_enable: bool = False):
+        """
+        An indiserv serving C{drivers} (command lines) and linked to the
+        servers on C{remotes}; fires with it once it listens.
+        """
         server = IndiServer(host="127.0.0.1", port=0)
         for driver in drivers:
             server.add_exdriver(*driver.split()).env = self.env
+        for port in remotes:
+            server.add_remote("127.0.0.1", port, blob_enable=blob_enable)
         server.startService()
         self.addCleanup(server.stopService)
         yield server.listening
         return server
+
+    @defer.inlineCallbacks
+    def client_of(self, server: IndiServer, hello: bytes = b"<getProperties version='1.7'/>"):
+        """A client of C{server} that has said C{hello}."""
+        client = yield connect_client(server.port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(hello)
+        return client
+
+    def snooper(self) -> str:
+        """The command line of the SNOOPER driver."""
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SNOOPER)
+        return f"{sys.executable} {script}"
 
     def run_tool(self, *argv: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
         return getProcessOutputAndValue(argv[0], argv[1:], env=self.env)
@@ -167,18 +206,10 @@ class ControlTests(InteropTestCase):
     def test_ccd_blob_only_to_client_that_enabled_it(self):
         """A CCD exposure's image reaches the client that enabled BLOBs and not the one that did not."""
         server = yield self.indiserv("indi_simulator_ccd")
-        wants, refuses = yield defer.gatherResults(
-            [connect_client(server.port), connect_client(server.port)]
-        )
-        for client in (wants, refuses):
-            self.addCleanup(client.transport.loseConnection)
-            client.say(b"<getProperties version='1.7'/>")
+        wants, refuses = yield defer.gatherResults([self.client_of(server), self.client_of(server)])
         wants.say(b"<enableBLOB device='CCD Simulator'>Also</enableBLOB>")
         yield wants.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
-        wants.say(
-            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
+        wants.say(connect(CCD))
         yield wants.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "CCD_EXPOSURE")
         out, err, code = yield self.run_tool(
             "indi_setprop", "-h", "127.0.0.1", "-p", str(server.port),
@@ -199,34 +230,13 @@ class SnoopTests(InteropTestCase):
     @defer.inlineCallbacks
     def test_snooper_gets_what_it_asked_for_only(self):
         """A snooping driver receives its snooped telescope property and nothing else."""
-        script = os.path.abspath(self.mktemp())
-        with open(script, "w") as f:
-            f.write(SNOOPER)
-        server = IndiServer(host="127.0.0.1", port=0)
-        server.add_exdriver("indi_simulator_telescope").env = self.env
-        server.add_exdriver("indi_simulator_ccd").env = self.env
-        server.add_exdriver(sys.executable, script).env = self.env
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        server = yield self.indiserv("indi_simulator_telescope", "indi_simulator_ccd", self.snooper())
+        client = yield self.client_of(server)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(
-            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
-        yield client.wait_for(
-            lambda m: m.device == "Snooper"
-            and "EQUATORIAL_EOD_COORD" in m.attrs.get("message", "")
-            and m.attrs["message"].startswith("got set")
-        )
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
         # Also connect the CCD, whose traffic the snooper must not see.
-        client.say(
-            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
+        client.say(connect(CCD))
         yield client.wait_for(lambda m: m.device == CCD and m.name == "CCD_EXPOSURE")
         reports = [m.attrs["message"] for m in client.received if m.device == "Snooper"]
         pattern = re.compile(
@@ -240,14 +250,9 @@ class CrashTests(InteropTestCase):
     def test_ccd_crash_restarts(self):
         """indi_simulator_ccd crashed on demand is announced gone, restarted, and defined again."""
         server = yield self.indiserv("indi_simulator_ccd")
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        client = yield self.client_of(server)
         yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
-        client.say(
-            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
+        client.say(connect(CCD))
         yield client.wait_for(lambda m: m.tag.startswith("def") and m.name == "CCD_SIMULATE_CRASH")
         client.say(
             b"<newSwitchVector device='CCD Simulator' name='CCD_SIMULATE_CRASH'>"
@@ -271,14 +276,8 @@ class RemoteInteropTests(InteropTestCase):
     def test_indiserv_upstream_of_indiserver(self):
         """indiserv linked to indiserver serves its telescope: indi_getprop lists it, indi_setprop connects it."""
         below = yield self.indiserver("indi_simulator_telescope")
-        server = IndiServer(host="127.0.0.1", port=0)
-        server.add_remote("127.0.0.1", below)
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        server = yield self.indiserv(remotes=(below,))
+        client = yield self.client_of(server)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
         lines, code = yield self.getprop(server.port, f"{TELESCOPE}.CONNECTION.*")
         self.assertEqual(code, 0)
@@ -306,52 +305,25 @@ class RemoteInteropTests(InteropTestCase):
     def test_driver_on_a_snoops_device_on_b(self):
         """A driver on server A snoops the telescope of server B."""
         b = yield self.indiserv("indi_simulator_telescope")
-        script = os.path.abspath(self.mktemp())
-        with open(script, "w") as f:
-            f.write(SNOOPER)
-        a = IndiServer(host="127.0.0.1", port=0)
-        a.add_remote("127.0.0.1", b.port)
-        a.add_exdriver(sys.executable, script).env = self.env
-        a.startService()
-        self.addCleanup(a.stopService)
-        yield a.listening
-        client = yield connect_client(a.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        a = yield self.indiserv(self.snooper(), remotes=(b.port,))
+        client = yield self.client_of(a)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(
-            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
-        yield client.wait_for(
-            lambda m: m.device == "Snooper"
-            and m.attrs.get("message", "").startswith("got set")
-            and "EQUATORIAL_EOD_COORD" in m.attrs["message"]
-        )
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
 
     @defer.inlineCallbacks
     def test_ccd_image_crosses_only_with_blob_enable(self):
         """An indi_simulator_ccd image on B reaches a client of A linked with blob_enable, not one without."""
         b = yield self.indiserv("indi_simulator_ccd")
-        servers = []
-        for blobs in (True, False):
-            server = IndiServer(host="127.0.0.1", port=0)
-            server.add_remote("127.0.0.1", b.port, blob_enable=blobs)
-            server.startService()
-            self.addCleanup(server.stopService)
-            yield server.listening
-            servers.append(server)
         clients = []
-        for server in servers:
-            client = yield connect_client(server.port)
-            self.addCleanup(client.transport.loseConnection)
-            client.say(b"<getProperties version='1.7'/><enableBLOB device='CCD Simulator'>Also</enableBLOB>")
+        for blobs in (True, False):
+            server = yield self.indiserv(remotes=(b.port,), blob_enable=blobs)
+            client = yield self.client_of(
+                server, b"<getProperties version='1.7'/><enableBLOB device='CCD Simulator'>Also</enableBLOB>"
+            )
             yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
             clients.append(client)
-        clients[0].say(
-            b"<newSwitchVector device='CCD Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
+        clients[0].say(connect(CCD))
         for client in clients:
             yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "CCD_EXPOSURE")
         clients[0].say(
@@ -371,14 +343,8 @@ class RemoteInteropTests(InteropTestCase):
         """When the remote indiserver is killed its devices go; when it is back they return."""
         port = yield self.indiserver("indi_simulator_telescope")
         first = self.indiserver_output
-        server = IndiServer(host="127.0.0.1", port=0)
-        server.add_remote("127.0.0.1", port)
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        server = yield self.indiserv(remotes=(port,))
+        client = yield self.client_of(server)
         yield client.wait_for(lambda m: m.device == TELESCOPE)
         first.transport.signalProcess("KILL")
         yield first.ended
@@ -392,30 +358,9 @@ class RemoteSnoopTests(InteropTestCase):
     @defer.inlineCallbacks
     def test_driver_on_b_snoops_device_on_a(self):
         """A driver on the server A links to snoops A's telescope through the link."""
-        script = os.path.abspath(self.mktemp())
-        with open(script, "w") as f:
-            f.write(SNOOPER)
-        b = IndiServer(host="127.0.0.1", port=0)
-        b.add_exdriver(sys.executable, script).env = self.env
-        b.startService()
-        self.addCleanup(b.stopService)
-        yield b.listening
-        a = IndiServer(host="127.0.0.1", port=0)
-        a.add_exdriver("indi_simulator_telescope").env = self.env
-        a.add_remote("127.0.0.1", b.port)
-        a.startService()
-        self.addCleanup(a.stopService)
-        yield a.listening
-        client = yield connect_client(b.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        b = yield self.indiserv(self.snooper())
+        yield self.indiserv("indi_simulator_telescope", remotes=(b.port,))
+        client = yield self.client_of(b)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(
-            b"<newSwitchVector device='Telescope Simulator' name='CONNECTION'>"
-            b"<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>"
-        )
-        yield client.wait_for(
-            lambda m: m.device == "Snooper"
-            and m.attrs.get("message", "").startswith("got set")
-            and "EQUATORIAL_EOD_COORD" in m.attrs["message"]
-        )
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
