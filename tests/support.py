@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, TestCase
 
 from indiserv.link import Link
 from indiserv.wire import Message, Parser, WireError
@@ -123,6 +123,46 @@ class TestClient(Protocol, MessageLog):
 
     def say(self, data: bytes) -> None:
         self.transport.write(data)
+
+
+@defer.inlineCallbacks
+def serve(
+    testcase: TestCase,
+    *drivers: list[str],
+    env: dict[str, str] | None = None,
+    remotes: tuple[int, ...] = (),
+    blob_enable: bool = False,
+    port: int = 0,
+    **kwargs: Any,
+):
+    """
+    An IndiServer on 127.0.0.1 serving C{drivers} (argument lists) and
+    linked to the servers on C{remotes}, stopped when C{testcase} ends;
+    fires with it once it listens.
+    """
+    from indiserv import IndiServer
+
+    server = IndiServer(host="127.0.0.1", port=port, **kwargs)
+    for driver in drivers:
+        server.add_exdriver(*driver).env = env if env is not None else child_env()
+    for remote in remotes:
+        server.add_remote("127.0.0.1", remote, blob_enable=blob_enable)
+    server.startService()
+    testcase.addCleanup(lambda: server.stopService() if server.running else None)
+    yield server.listening
+    return server
+
+
+@defer.inlineCallbacks
+def client_of(
+    testcase: TestCase, server: Any, hello: bytes = b"<getProperties version='1.7'/>"
+):
+    """A L{TestClient} of C{server} that has said C{hello}, hung up when C{testcase} ends."""
+    client = yield connect_client(server.port)
+    testcase.addCleanup(client.transport.loseConnection)
+    if hello:
+        client.say(hello)
+    return client
 
 
 def connect_client(port: int, host: str = "127.0.0.1") -> defer.Deferred[TestClient]:

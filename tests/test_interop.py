@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from indiserv import IndiServer
 
-from .support import PACKAGE_ROOT, child_env, connect_client, require_programs
+from .support import PACKAGE_ROOT, child_env, client_of, require_programs, serve
 from .test_tap import TWISTD, _Collect
 
 TELESCOPE = "Telescope Simulator"
@@ -91,29 +91,19 @@ class InteropTestCase(TestCase):
         os.makedirs(self.home)
         self.env = child_env(HOME=self.home)
 
-    @defer.inlineCallbacks
     def indiserv(self, *drivers: str, remotes: tuple[int, ...] = (), blob_enable: bool = False):
         """
         An indiserv serving C{drivers} (command lines) and linked to the
         servers on C{remotes}; fires with it once it listens.
         """
-        server = IndiServer(host="127.0.0.1", port=0)
-        for driver in drivers:
-            server.add_exdriver(*driver.split()).env = self.env
-        for port in remotes:
-            server.add_remote("127.0.0.1", port, blob_enable=blob_enable)
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        return server
+        return serve(
+            self, *(driver.split() for driver in drivers),
+            env=self.env, remotes=remotes, blob_enable=blob_enable,
+        )
 
-    @defer.inlineCallbacks
     def client_of(self, server: IndiServer, hello: bytes = b"<getProperties version='1.7'/>"):
         """A client of C{server} that has said C{hello}."""
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(hello)
-        return client
+        return client_of(self, server, hello)
 
     def snooper(self) -> str:
         """The command line of the SNOOPER driver."""

@@ -19,11 +19,11 @@ from twisted.trial.unittest import TestCase
 from indiserv import IndiServer
 
 from .support import (
-    child_env,
     child_processes,
     connect_client,
     open_fds,
     rss_bytes,
+    serve,
 )
 from .test_link import BLOB_DRIVER, START
 
@@ -33,15 +33,8 @@ RSS_GROWTH_BOUND = 20 * 1024 * 1024
 class LoadTestCase(TestCase):
     timeout = 120
 
-    @defer.inlineCallbacks
     def start_server(self, *drivers: list[str], **kwargs):
-        server = IndiServer(host="127.0.0.1", port=0, **kwargs)
-        for driver in drivers:
-            server.add_exdriver(*driver).env = child_env()
-        server.startService()
-        self.addCleanup(lambda: server.stopService() if server.running else None)
-        yield server.listening
-        return server
+        return serve(self, *drivers, **kwargs)
 
 
 class ManyClientsTests(LoadTestCase):

@@ -4,7 +4,6 @@ Tests for L{indiserv.remote}: servers linked to servers.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from twisted.internet import defer, reactor
@@ -18,7 +17,7 @@ from indiserv.remote import RemoteProtocol, RemoteService, parse_remote
 from indiserv.router import Router
 from indiserv.wire import Parser
 
-from .support import child_env, connect_client
+from .support import client_of, serve
 from .test_link import BLOB_DRIVER
 
 SIMULATOR = "indiserv Simulator"
@@ -111,21 +110,11 @@ class ProbeTests(SynchronousTestCase):
 class TwoServerTestCase(TestCase):
     timeout = 60
 
-    @defer.inlineCallbacks
-    def serve(self, *drivers: list[str], port: int = 0, **kwargs):
-        server = IndiServer(host="127.0.0.1", port=port, **kwargs)
-        for driver in drivers:
-            server.add_exdriver(*driver).env = child_env()
-        server.startService()
-        self.addCleanup(lambda: server.stopService() if server.running else None)
-        yield server.listening
-        return server
+    def serve(self, *drivers: list[str], **kwargs):
+        return serve(self, *drivers, **kwargs)
 
-    @defer.inlineCallbacks
     def client_of(self, server: IndiServer):
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        return client
+        return client_of(self, server, hello=b"")
 
 
 class TwoServerTests(TwoServerTestCase):

@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

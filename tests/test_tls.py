@@ -17,11 +17,10 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from indiserv import IndiServer
 from indiserv.remote import RemoteService
 from indiserv.service import tls_options
 
-from .support import child_env, connect_client
+from .support import client_of, serve
 
 SIMULATOR = "indiserv Simulator"
 
@@ -110,26 +109,20 @@ class TLSTests(TestCase):
 
     @defer.inlineCallbacks
     def serve_tls(self, cert: tuple[str, str], client_ca: str | None = None):
-        server = IndiServer(
-            host="127.0.0.1", port=0, tls=tls_options(cert[0], cert[1], client_ca)
+        return (
+            yield serve(
+                self,
+                [sys.executable, "-m", "indiserv.simulator"],
+                tls=tls_options(cert[0], cert[1], client_ca),
+            )
         )
-        server.add_exdriver(sys.executable, "-m", "indiserv.simulator").env = child_env()
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        return server
 
     @defer.inlineCallbacks
     def link(self, port: int, extra: str = ""):
         """Server A, linked over TLS to the server on C{port}; fires with A and a client of it."""
-        a = IndiServer(host="127.0.0.1", port=0)
-        a.add_remote(f"tls:localhost:{port}:trustRoots={self.trust}{extra}")
-        a.startService()
-        self.addCleanup(a.stopService)
-        yield a.listening
-        client = yield connect_client(a.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        a = yield serve(self)
+        a.add_remote(f"tls:localhost:{port}:trustRoots={self.trust}{extra}")  # starts: a runs
+        client = yield client_of(self, a)
         return a, client
 
     def handshake_failure(self, times: int = 1) -> defer.Deferred[dict]:
