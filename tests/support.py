@@ -165,6 +165,14 @@ def client_of(
     return client
 
 
+@defer.inlineCallbacks
+def attached_client(testcase: TestCase, server: Any):
+    """A client of C{server} that the server has surely attached: its ping was answered."""
+    client = yield client_of(testcase, server, b"<pingRequest uid='attached'/>")
+    yield client.wait_for(lambda m: m.tag == "pingReply")
+    return client
+
+
 def connect_client(port: int, host: str = "127.0.0.1") -> defer.Deferred[TestClient]:
     """Connect a L{TestClient} to a server listening on C{host:port}."""
     from twisted.internet import reactor

@@ -16,9 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from indiserv import IndiServer
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description
 
-from .support import child_env, child_processes, connect_client
+from .support import attached_client, child_env, child_processes, client_of, connect_client, serve
 
 SIMULATOR = "indiserv Simulator"
+SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
 
 
 class EndpointDescriptionTests(SynchronousTestCase):
@@ -50,40 +51,25 @@ class IndiServerTests(TestCase):
     @defer.inlineCallbacks
     def test_serves_driver_to_client(self):
         """A client of a started server sees the definitions of its executable driver."""
-        server = self.make_server()
-        self.add_simulator(server)
-        server.startService()
-        yield server.listening
+        server = yield serve(self, SIMULATOR_COMMAND)
         self.assertNotEqual(server.port, 0)
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<getProperties version='1.7'/>")
+        client = yield client_of(self, server)
         defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
         self.assertEqual(defined.device, SIMULATOR)
 
     @defer.inlineCallbacks
     def test_tcp_nodelay(self):
         """Client sockets have Nagle's algorithm off."""
-        server = self.make_server()
-        server.startService()
-        yield server.listening
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<pingRequest uid='1'/>")
-        yield client.wait_for(lambda m: m.tag == "pingReply")
+        server = yield serve(self)
+        yield attached_client(self, server)
         (link,) = server.router.clients
         self.assertTrue(link.transport.getTcpNoDelay())
 
     @defer.inlineCallbacks
     def test_send_message(self):
         """send_message reaches connected clients with the given timestamp."""
-        server = self.make_server()
-        server.startService()
-        yield server.listening
-        client = yield connect_client(server.port)
-        self.addCleanup(client.transport.loseConnection)
-        client.say(b"<pingRequest uid='1'/>")
-        yield client.wait_for(lambda m: m.tag == "pingReply")
+        server = yield serve(self)
+        client = yield attached_client(self, server)
         server.send_message("Clouds", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
         said = yield client.wait_for(lambda m: m.tag == "message")
         self.assertEqual(said.attrs["message"], "Clouds")
@@ -114,9 +100,7 @@ class IndiServerTests(TestCase):
     @defer.inlineCallbacks
     def test_port_in_use(self):
         """A port that cannot be bound stops startup with an error."""
-        first = self.make_server()
-        first.startService()
-        yield first.listening
+        first = yield serve(self)
         second = IndiServer(host="127.0.0.1", port=first.port)
         self.assertRaises(CannotListenError, second.startService)
 
