@@ -426,11 +426,9 @@ class Parser:
             return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
         end = self._scan_start_tag()
         if end < 0:
-            if len(buffer) > self.limits.max_start_tag:
-                self._fail(ElementTooLarge(
-                    f"start tag longer than {self.limits.max_start_tag} bytes"
-                ))
+            self._check_length(len(buffer), "start tag")
             return False
+        self._check_length(end, "start tag")
         self._scan_from = 1
         self._scan_quote = None
         start_tag = _START_TAG.match(buffer, 0, end)
@@ -441,10 +439,7 @@ class Parser:
     def _start_tag_read(self, start_tag: re.Match[bytes], messages: list[Message]) -> bool:
         """Go on from a complete start tag at offset 0."""
         end = start_tag.end()
-        if end > self.limits.max_start_tag:
-            self._fail(ElementTooLarge(
-                f"start tag longer than {self.limits.max_start_tag} bytes"
-            ))
+        self._check_length(end, "start tag")
         if start_tag.group(2):
             self._emit(end, messages)
             return True
@@ -482,17 +477,25 @@ class Parser:
         self._scan_quote = quote
         return -1
 
+    def _check_length(self, length: int, what: str) -> None:
+        """
+        Refuse a tag, comment or instruction longer than the limits allow,
+        the same whether it arrived whole or is still arriving, so that how
+        the stream is cut never changes the outcome.
+        """
+        limit = min(self.limits.max_start_tag, self.limits.max_element)
+        if length > limit:
+            self._fail(ElementTooLarge(f"{what} longer than {limit} bytes"))
+
     def _skip_to(self, terminator: bytes, start: int) -> bool:
         """Skip a comment or processing instruction at offset 0, once it ends."""
         buffer = self._buffer
         end = buffer.find(terminator, max(start, self._skip_from))
         if end < 0:
             self._skip_from = max(start, len(buffer) - len(terminator) + 1)
-            if len(buffer) > self.limits.max_start_tag:
-                self._fail(ElementTooLarge(
-                    f"comment or instruction longer than {self.limits.max_start_tag} bytes"
-                ))
+            self._check_length(len(buffer), "comment or instruction")
             return False
+        self._check_length(end + len(terminator), "comment or instruction")
         self._skip_from = 0
         del buffer[: end + len(terminator)]
         return True

@@ -880,6 +880,27 @@ class ParserDefectTests(SynchronousTestCase):
         self.assertRaises(WireError, Parser(limits).feed, tag)
 
 
+    def test_long_tag_or_comment_whatever_the_chunking(self) -> None:
+        """A start tag or comment longer than max_element (below max_start_tag) gets the same refusal whole or cut."""
+        limits = Limits(max_element=512)
+        for data in (
+            b"<message device='" + b"x" * 300 + b"' name='" + b"y" * 300 + b"'/>",
+            b"<message device='<" + b"x" * 600 + b"'/>",
+            b"<!--" + b"z" * 600 + b"-->",
+        ):
+            outcomes = []
+            for chunks in ([data], [data[:520], data[520:]], [data[:100], data[100:]]):
+                parser = Parser(limits)
+                try:
+                    for chunk in chunks:
+                        parser.feed(chunk)
+                except WireError as e:
+                    outcomes.append((type(e).__name__, e.reason))
+                else:
+                    outcomes.append(None)
+            self.assertEqual(len(set(outcomes)), 1, outcomes)
+            self.assertEqual(outcomes[0][0], "ElementTooLarge")
+
     def test_resync_whatever_the_chunking(self) -> None:
         """After bad input, where the stream is cut does not change what is recovered."""
         data = (
