@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import selectors
 import shlex
 import shutil
 import signal
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,8 +44,10 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 IPYSERVER = (
     "import asyncio, sys\n"
     "from indipyserver import IPyServer\n"
+    # 10 is the most IPyServer allows.
     "server = IPyServer(host='127.0.0.1', port=int(sys.argv[1]), maxconnections=10)\n"
-    "server.add_exdriver(sys.argv[2])\n"
+    "for driver in sys.argv[2:]:\n"
+    "    server.add_exdriver(driver)\n"
     "asyncio.run(server.asyncrun())\n"
 )
 START = (
@@ -73,7 +78,7 @@ class Server:
     """
 
     def __init__(self, kind: str, driver_args: list[str], workdir: str, max_queue_mb: int = 0,
-                 upstream_of: Server | None = None):
+                 upstream_of: Server | None = None, drivers: list[str] | None = None):
         self.kind = kind
         self.port = free_port()
         self.lower = upstream_of
@@ -82,17 +87,18 @@ class Server:
             f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(DRIVER)} "
                     + " ".join(shlex.quote(a) for a in driver_args) + "\n")
         os.chmod(wrapper, 0o755)
+        drivers = drivers or [wrapper]
         env = dict(os.environ, HOME=workdir, PYTHONPATH=ROOT)
         if kind == "indiserv":
             argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=/dev/null",
                     "indiserver", "--port", str(self.port), "--host", "127.0.0.1",
-                    "--max-connections", "100"]
+                    "--max-connections", "110"]
             if max_queue_mb:
                 argv += ["--max-queue", str(max_queue_mb)]
             if upstream_of is not None:
                 argv += ["--remote", f"127.0.0.1:{upstream_of.port}", "--remote-blobs"]
             else:
-                argv.append(wrapper)
+                argv += drivers
         elif kind == "indiserver":
             argv = ["indiserver", "-p", str(self.port), "-u", os.path.join(workdir, f"u{self.port}")]
             if max_queue_mb:
@@ -100,11 +106,13 @@ class Server:
             if upstream_of is not None:
                 argv.append(f"Bench@127.0.0.1:{upstream_of.port}")
             else:
-                argv.append(wrapper)
+                argv += drivers
         elif kind == "indipyserver":
-            argv = [sys.executable, "-c", IPYSERVER, str(self.port), wrapper]
+            argv = [sys.executable, "-c", IPYSERVER, str(self.port), *drivers]
         elif kind == "twisted-pump":
-            argv = [sys.executable, PUMP, str(self.port), wrapper]
+            if len(drivers) != 1:
+                raise ValueError("the pump serves one driver")
+            argv = [sys.executable, PUMP, str(self.port), *drivers]
         else:
             raise ValueError(kind)
         self.process = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
@@ -164,59 +172,94 @@ def connect(port: int, hello: bytes = HELLO) -> socket.socket:
 
 #: Seconds a client waits for more data before the run counts as wedged.
 READ_TIMEOUT = 30.0
+#: One receive buffer for every read: allocating 4 MiB per call cost the
+#: round trip more than some servers do.
+_BUFFER = memoryview(bytearray(4 * MiB))
+#: A property definition, as every server writes it (indiserver rewrites
+#: the element with other quotes and attribute order).
+DEFINITION = rb"<def[A-Za-z]+Vector[^>]*>"
+_ATTRIBUTE = re.compile(rb"""\b(device|name)=["']([^"']*)["']""")
 
 
-def read_until(sock: socket.socket, marker: bytes, timeout: float | None = None) -> int:
-    """Read until C{marker} arrives; return the bytes read."""
-    sock.settimeout(timeout or READ_TIMEOUT)
-    buffer = bytearray(4 * MiB)
-    view = memoryview(buffer)
-    total = 0
-    tail = b""
-    while True:
-        n = sock.recv_into(view)
-        if not n:
-            raise RuntimeError("server closed the connection")
-        total += n
-        chunk = tail + bytes(view[: min(n, 4096)]) if n < 4096 else tail + bytes(view[:n])
-        if marker in chunk:
-            return total
-        tail = bytes(view[max(0, n - len(marker)) : n])
+def property_of(definition: bytes) -> bytes:
+    """The device and name of a definition's start tag."""
+    attributes = dict(_ATTRIBUTE.findall(definition))
+    return attributes.get(b"device", b"") + b"." + attributes.get(b"name", b"")
+
+
+class Watch:
+    """
+    Waits for C{count} different matches of C{pattern} (told apart by
+    C{key}) in what one socket receives, across reads: a match may
+    straddle two.
+    """
+
+    def __init__(self, pattern: bytes, count: int = 1,
+                 key: Callable[[bytes], bytes] = lambda match: match):
+        self.pattern = re.compile(pattern)
+        self.count = count
+        self.key = key
+        self.found: set[bytes] = set()
+        self.tail = b""
+
+    def seen(self, chunk: memoryview) -> bool:
+        data = self.tail + bytes(chunk)
+        for match in self.pattern.finditer(data):
+            if match.end() > len(self.tail):  # else found on the last read
+                self.found.add(self.key(match.group()))
+        self.tail = data[-4096:]
+        return len(self.found) >= self.count
+
+
+def drain(socks: list[socket.socket], watches: list[Watch], timeout: float | None = None) -> list[int]:
+    """
+    Read every socket, in one thread, until its watch has seen what it
+    waits for; return the bytes each received.
+    """
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(socks):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, index)
+    totals = [0] * len(socks)
+    try:
+        while selector.get_map():
+            events = selector.select(timeout or READ_TIMEOUT)
+            if not events:
+                raise RuntimeError(f"no more data within {timeout or READ_TIMEOUT:g} s (wedged?)")
+            for key, _ in events:
+                try:
+                    n = key.fileobj.recv_into(_BUFFER)
+                except BlockingIOError:
+                    continue
+                if not n:
+                    raise RuntimeError("server closed the connection")
+                totals[key.data] += n
+                if watches[key.data].seen(_BUFFER[:n]):
+                    selector.unregister(key.fileobj)
+    finally:
+        selector.close()
+        for sock in socks:
+            sock.setblocking(True)
+    return totals
 
 
 def settle(socks: list[socket.socket], marker: bytes = b"defSwitchVector") -> None:
-    for sock in socks:
-        read_until(sock, marker, timeout=20)
+    drain(socks, [Watch(marker) for _ in socks], timeout=20)
 
 
 def stream(port: int, clients: int) -> dict[str, float]:
     """Clients read the driver's output until 'done'; MB/s per client."""
-    import threading
-
     socks = [connect(port) for _ in range(clients)]
     settle(socks)
-    results: list[float] = [0.0] * clients
-    errors: list[BaseException] = []
-
-    def reader(index: int) -> None:
-        try:
-            results[index] = read_until(socks[index], DONE)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(clients)]
     begin = time.perf_counter()
-    for t in threads:
-        t.start()
     socks[0].sendall(START)
-    for t in threads:
-        t.join()
+    try:
+        received = drain(socks, [Watch(DONE) for _ in socks])
+    finally:
+        for sock in socks:
+            sock.close()
     elapsed = time.perf_counter() - begin
-    for sock in socks:
-        sock.close()
-    if errors:
-        raise RuntimeError(f"no 'done' within {READ_TIMEOUT:g} s (wedged?): {errors[0]}")
-    per_client = statistics.mean(results) / MiB / elapsed
+    per_client = statistics.mean(received) / MiB / elapsed
     return {"MB/s per client": per_client, "MB/s total": per_client * clients, "seconds": elapsed}
 
 
@@ -228,17 +271,52 @@ def updates(port: int, clients: int, count: int) -> dict[str, float]:
 def round_trip(port: int, count: int) -> dict[str, float]:
     sock = connect(port, b"<getProperties version='1.7'/>")
     settle([sock])
+    sock.settimeout(10)
     times = []
     for i in range(count):
         value = str(i + 1).encode()  # the driver answers each with one setNumberVector
+        watch = Watch(b"</setNumberVector>")
         begin = time.perf_counter()
         sock.sendall(b"<newNumberVector device='Bench' name='VALUE'><oneNumber name='VALUE'>"
                      + value + b"</oneNumber></newNumberVector>")
-        read_until(sock, b"</setNumberVector>", timeout=10)
+        while not watch.seen(_BUFFER[: sock.recv_into(_BUFFER)]):
+            pass
         times.append((time.perf_counter() - begin) * 1e6)
     sock.close()
     times.sort()
     return {"p50 us": times[len(times) // 2], "p99 us": times[int(len(times) * 0.99) - 1]}
+
+
+def definitions_of(port: int) -> int:
+    """How many properties the server's devices define, asked once."""
+    sock = connect(port, b"<getProperties version='1.7'/>")
+    watch = Watch(DEFINITION, count=10**9, key=property_of)
+    try:
+        drain([sock], [watch], timeout=1.0)  # until a second of silence
+    except RuntimeError:
+        pass
+    sock.close()
+    return len(watch.found)
+
+
+def connection_setup(port: int, clients: int) -> dict[str, float]:
+    """
+    C{clients} connect at once and ask for every property; seconds until
+    the last has received every definition.
+    """
+    expected = definitions_of(port)
+    if not expected:
+        raise RuntimeError("the server's drivers defined nothing")
+    begin = time.perf_counter()
+    socks = [connect(port, b"<getProperties version='1.7'/>") for _ in range(clients)]
+    try:
+        received = drain(socks, [Watch(DEFINITION, expected, property_of) for _ in socks])
+    finally:
+        for sock in socks:
+            sock.close()
+    elapsed = time.perf_counter() - begin
+    return {"seconds": elapsed, "properties": expected,
+            "MB per client": statistics.mean(received) / MiB}
 
 
 def slow_client(server: Server, port: int) -> dict[str, float]:
@@ -249,7 +327,7 @@ def slow_client(server: Server, port: int) -> dict[str, float]:
     settle([fast])
     begin = time.perf_counter()
     fast.sendall(START)
-    received = read_until(fast, DONE)
+    received = drain([fast], [Watch(DONE)])[0]
     elapsed = time.perf_counter() - begin
     slow_cut = _is_closed(slow)
     peak = server.memory("VmHWM")
@@ -278,39 +356,66 @@ def _is_closed(sock: socket.socket) -> bool:
 # -- scenarios ----------------------------------------------------------------
 
 
-def scenarios(smoke: bool) -> dict[str, tuple[list[str], int, Callable]]:
-    """name -> (driver arguments, --max-queue MB, measurement(server, port))."""
+@dataclass
+class Scenario:
+    """What the servers serve, and what is measured of them."""
+
+    driver_args: list[str]
+    measure: Callable[[Server, int], dict[str, float]]
+    max_queue_mb: int = 0
+    #: Executable drivers to serve instead of the benchmark driver.
+    drivers: list[str] | None = None
+    #: Servers this scenario does not apply to.
+    not_for: tuple[str, ...] = ()
+    chained: bool = False
+
+
+SIMULATORS = ["indi_simulator_telescope", "indi_simulator_ccd"]
+
+
+def scenarios(smoke: bool) -> dict[str, Scenario]:
     blobs, size = (5, 64 * 1024) if smoke else (50, MiB)
+    blob_args = ["--blobs", str(blobs), "--size", str(size)]
     numbers = 500 if smoke else 20000
     trips = 100 if smoke else 2000
-    slow_blobs = 10 if smoke else 100
+    fan_out = 200 if smoke else 2000
+    slow_args = ["--blobs", str(10 if smoke else 100), "--size", str(MiB), "--no-enclen"]
     return {
-        "blob_stream_1": (["--blobs", str(blobs), "--size", str(size)], 0,
-                          lambda s, p: stream(p, 1)),
-        "blob_stream_4": (["--blobs", str(blobs), "--size", str(size)], 0,
-                          lambda s, p: stream(p, 4)),
-        "blob_stream_1_no_enclen": (["--blobs", str(blobs), "--size", str(size), "--no-enclen"], 0,
-                                    lambda s, p: stream(p, 1)),
-        "updates_1": (["--blobs", "0", "--numbers", str(numbers)], 0,
-                      lambda s, p: updates(p, 1, numbers)),
-        "updates_4": (["--blobs", "0", "--numbers", str(numbers)], 0,
-                      lambda s, p: updates(p, 4, numbers)),
-        "round_trip": (["--blobs", "0"], 0, lambda s, p: round_trip(p, trips)),
+        "blob_stream_1": Scenario(blob_args, lambda s, p: stream(p, 1)),
+        "blob_stream_4": Scenario(blob_args, lambda s, p: stream(p, 4)),
         # Without enclen: with it, indiserver 1.9.9 wedges (PROTOCOL.md, defect 7)
         # and there would be nothing to compare with.
-        "fan_out_50": (["--blobs", "0", "--numbers", str(200 if smoke else 2000)], 0,
-                       lambda s, p: updates(p, 50, 200 if smoke else 2000)),
-        # Without enclen, which wedges indiserver (see slow_client).
-        "chained_blob_stream": (["--blobs", str(blobs), "--size", str(size), "--no-enclen"], 0,
-                                lambda s, p: stream(p, 1)),
-        "slow_client": (["--blobs", str(slow_blobs), "--size", str(MiB), "--no-enclen"], 32,
-                        lambda s, p: slow_client(s, p)),
-        "fast_client_alone": (["--blobs", str(slow_blobs), "--size", str(MiB), "--no-enclen"], 32,
-                              lambda s, p: stream(p, 1)),
+        "blob_stream_1_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1)),
+        "updates_1": Scenario(["--blobs", "0", "--numbers", str(numbers)],
+                              lambda s, p: updates(p, 1, numbers)),
+        "updates_4": Scenario(["--blobs", "0", "--numbers", str(numbers)],
+                              lambda s, p: updates(p, 4, numbers)),
+        "round_trip": Scenario(["--blobs", "0"], lambda s, p: round_trip(p, trips)),
+        "fan_out_50": Scenario(["--blobs", "0", "--numbers", str(fan_out)],
+                               lambda s, p: updates(p, 50, fan_out)),
+        # The pump neither asks drivers for their properties nor serves two.
+        "connection_setup_100": Scenario([], lambda s, p: connection_setup(p, 10 if smoke else 100),
+                                         drivers=SIMULATORS, not_for=("twisted-pump",)),
+        # Only indiserv and indiserver chain (--remote, device@host).
+        "chained_blob_stream": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1),
+                                        not_for=("indipyserver", "twisted-pump"), chained=True),
+        "slow_client": Scenario(slow_args, slow_client, max_queue_mb=32, not_for=("twisted-pump",)),
+        "fast_client_alone": Scenario(slow_args, lambda s, p: stream(p, 1), max_queue_mb=32),
     }
 
 
 SERVERS = ["indiserv", "indiserver", "indipyserver", "twisted-pump"]
+
+
+def run(scenario: Scenario, kind: str, workdir: str) -> dict[str, float]:
+    """Start C{kind} for C{scenario}, measure once, stop it."""
+    args = (scenario.driver_args, workdir, scenario.max_queue_mb)
+    lower = Server(kind, *args, drivers=scenario.drivers) if scenario.chained else None
+    server = Server(kind, *args, upstream_of=lower, drivers=None if lower else scenario.drivers)
+    try:
+        return scenario.measure(server, server.port)
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -329,30 +434,30 @@ def main() -> int:
     missing = {kind: why for kind in servers if (why := available(kind))}
     for kind, why in missing.items():
         print(f"skipping {kind}: {why}", file=sys.stderr)
+    for name, scenario in list(chosen.items()):
+        absent = [d for d in scenario.drivers or [] if shutil.which(d) is None]
+        if absent:
+            print(f"skipping {name}: {', '.join(absent)} not found"
+                  " (Debian: apt-get install indi-bin)", file=sys.stderr)
+            del chosen[name]
     results: dict[str, dict[str, dict[str, float]]] = {}
-    failures: dict[str, dict[str, str]] = {}
+    failures: dict[str, dict[str, dict[str, object]]] = {}
     with tempfile.TemporaryDirectory(prefix="indiserv-bench-") as workdir:
-        for name, (driver_args, max_queue, measure) in chosen.items():
+        for name, scenario in chosen.items():
             results[name] = {}
             for kind in servers:
-                if kind in missing or (kind == "twisted-pump" and name.startswith("slow")):
+                if kind in missing or kind in scenario.not_for:
                     continue
-                if name.startswith("chained") and kind not in ("indiserv", "indiserver"):
-                    continue  # only these two chain servers (device@host / --remote)
                 runs = []
                 for _ in range(repeat):
-                    if name.startswith("chained"):
-                        server = Server(kind, driver_args, workdir, max_queue,
-                                        upstream_of=Server(kind, driver_args, workdir, max_queue))
-                    else:
-                        server = Server(kind, driver_args, workdir, max_queue)
                     try:
-                        runs.append(measure(server, server.port))
+                        runs.append(run(scenario, kind, workdir))
                     except Exception as e:  # a peer that fails a scenario is reported, not fatal
-                        print(f"{name} on {kind}: failed ({type(e).__name__}: {e})", file=sys.stderr)
-                        failures.setdefault(name, {})[kind] = f"{type(e).__name__}: {e}"
-                    finally:
-                        server.stop()
+                        why = f"{type(e).__name__}: {e}"
+                        print(f"{name} on {kind}: failed ({why})", file=sys.stderr)
+                        failed = failures.setdefault(name, {}).setdefault(
+                            kind, {"failed": 0, "of": repeat, "reason": why})
+                        failed["failed"] += 1
                 if runs:
                     results[name][kind] = {
                         key: statistics.median(run[key] for run in runs) for key in runs[0]
@@ -374,19 +479,23 @@ def machine() -> dict[str, str]:
     }
 
 
-def report(results: dict[str, dict[str, dict[str, float]]], failures: dict[str, dict[str, str]]) -> None:
+def report(results: dict[str, dict[str, dict[str, float]]],
+           failures: dict[str, dict[str, dict[str, object]]]) -> None:
+    """Medians with the ratio to indiserver; failed runs counted, not hidden."""
     print(f"# machine: {machine()}")
     for name, by_server in results.items():
         print(f"\n## {name}")
-        for kind, why in failures.get(name, {}).items():
-            print(f"  {kind:14} FAILED: {why}")
         base = by_server.get("indiserver", {})
+        for kind, failed in failures.get(name, {}).items():
+            print(f"  {kind:14} FAILED {failed['failed']} of {failed['of']}: {failed['reason']}")
         for kind, figures in by_server.items():
             cells = []
             for key, value in figures.items():
                 ratio = f" ({value / base[key]:.2f}x)" if base.get(key) else ""
                 cells.append(f"{key} {value:,.1f}{ratio}")
-            print(f"  {kind:14} " + "; ".join(cells))
+            failed = failures.get(name, {}).get(kind)
+            survivors = f" (median of {failed['of'] - failed['failed']})" if failed else ""
+            print(f"  {kind:14} " + "; ".join(cells) + survivors)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,12 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         self._stderr = bytearray()
         self._refusing: Message | None = None
 
+    @property
+    def writer(self) -> Any:
+        """The writer of the program's stdin, if it has one."""
+        pipes = getattr(self.transport, "pipes", None)
+        return self.transport if pipes is None else pipes.get(0)
+
     def connectionMade(self) -> None:
         self.router_to_join.add_link(self)
         self.transport.registerProducer(self, True)

@@ -5,10 +5,12 @@ Tests for L{indiserv.link}: outbound queues, slow peers and backpressure.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
@@ -16,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
-from indiserv.link import DRIVER
+from indiserv.link import DRIVER, Link, write_now
 from indiserv.router import Router
 from indiserv.service import IndiServer
 from indiserv.wire import Parser
@@ -304,3 +306,67 @@ class RealSlowClientTests(TestCase):
         yield client.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
         self.assertEqual(len([m for m in client.received if m.blob]), 60)
         self.assertIn(link, server.router.clients)
+
+
+NUMBER = (
+    b"<setNumberVector device='Bench' name='VALUE'>"
+    b"<oneNumber name='VALUE'>1</oneNumber></setNumberVector>"
+)
+
+
+class WriteNowTests(TestCase):
+    """Lone messages go to the kernel at once; streams wait for Twisted's turn."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from twisted.internet import reactor
+
+        connected: defer.Deferred[Protocol] = defer.Deferred()
+
+        class Accepted(Protocol):
+            def connectionMade(self) -> None:
+                connected.callback(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(self.peer.close)
+        accepted = yield connected
+        self.transport = accepted.transport
+        self.addCleanup(self.transport.abortConnection)
+        self.router = Router()
+        self.link = Link()
+        self.link.transport = self.transport
+        self.router.add_link(self.link)
+
+    def pending_at_peer(self) -> bytes:
+        try:
+            return self.peer.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return b""
+
+    def test_lone_message_written_at_once(self):
+        """A batch of one message is in the peer's socket before the reactor turns again."""
+        (update,) = Parser().feed(NUMBER)
+        self.router.begin_batch()
+        self.link.send(update)
+        self.router.end_batch()
+        self.assertEqual(self.pending_at_peer(), NUMBER)
+
+    def test_stream_waits_for_reactor(self):
+        """A batch of several messages is left to Twisted, which writes it on its next turn."""
+        updates = Parser().feed(NUMBER * 3)
+        self.router.begin_batch()
+        for update in updates:
+            self.link.send(update)
+        self.router.end_batch()
+        self.assertEqual(self.pending_at_peer(), b"")
+        self.assertEqual(self.transport._tempDataLen, 3 * len(NUMBER))
+
+    def test_what_the_kernel_refuses_is_left_to_twisted(self):
+        """A message larger than the socket buffers is partly written now and the rest buffered, in order."""
+        data = os.urandom(32 << 20)
+        write_now(self.transport, data)
+        buffered = b"".join(self.transport._tempDataBuffer)
+        self.assertTrue(0 < len(buffered) < len(data))
+        self.assertEqual(data[-len(buffered):], buffered)
