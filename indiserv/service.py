@@ -9,12 +9,15 @@ any Twisted application via C{setServiceParent}.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from datetime import datetime
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import asyncioreactor, defer, process
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.ssl import Certificate, PrivateCertificate
@@ -24,11 +27,19 @@ from zope.interface import implementer
 
 from indiserv.client import CLIENT_LIMITS, ClientFactory
 from indiserv.driver import DriverService
+from indiserv.inprocess import (
+    IInProcessDriver,
+    InProcessService,
+    IPyDriverAdapter,
+    WrongReactor,
+    is_ipydriver,
+    require_asyncio_reactor,
+)
 from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
+__all__ = ["IndiServer", "Stopped", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
 
@@ -65,6 +76,69 @@ def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any
     return server.options(authority)
 
 
+def _log_to_stdlib() -> None:
+    """
+    Like IPyServer, log through the standard logging module, so that
+    logging.basicConfig() (or nothing, for silence) decides.
+    """
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+
+
+def _asyncio_reactor_on(loop: asyncio.AbstractEventLoop) -> Any:
+    """Twisted's asyncio reactor on C{loop}, installed if no reactor is yet."""
+    if "twisted.internet.reactor" not in sys.modules:
+        asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    if getattr(reactor, "_asyncioEventloop", None) is not loop:
+        raise WrongReactor(
+            "IndiServer.asyncrun() needs Twisted's asyncio reactor on the"
+            f" running event loop, but {type(reactor).__name__} is installed"
+            " already: do not import twisted.internet.reactor before"
+            " asyncrun(), or use IndiServer.run() or twistd instead"
+        )
+    return reactor
+
+
+class Stopped(defer.Deferred[None]):
+    """
+    A Deferred that fires once the server has stopped, which asyncio code
+    can await too (as IPyServer's C{stopped} event, also with C{wait()}).
+    """
+
+    def __await__(self) -> Any:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running event loop
+            task = None
+        if task is None:
+            return super().__await__()
+        # A copy, so that cancelling the awaiting task leaves this alone.
+        copy: defer.Deferred[None] = defer.Deferred()
+        self.addBoth(lambda result: (copy.callback(None), result)[1])
+        return copy.asFuture(asyncio.get_running_loop()).__await__()
+
+    async def wait(self) -> None:
+        """Wait until the server has stopped (IPyServer's C{stopped.wait()})."""
+        await self
+
+    def is_set(self) -> bool:
+        """Whether the server has stopped (IPyServer's C{stopped.is_set()})."""
+        return self.called
+
+
+class _InstalledReactor:
+    """
+    Twisted's global reactor, imported when first used: importing it
+    installs the default reactor, too early for an asyncio one.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        from twisted.internet import reactor
+
+        return getattr(reactor, name)
+
+
 @implementer(IStreamServerEndpoint)
 class _ReportingEndpoint:
     """An endpoint wrapper that tells the server which port it got."""
@@ -94,10 +168,10 @@ class IndiServer(MultiService):
 
     def __init__(
         self,
+        *drivers: Any,
         host: str = "localhost",
         port: int | str = 7624,
         maxconnections: int = 10,
-        *,
         reactor: Any = None,
         verbose: int = 0,
         restarts: int = DriverService.restarts,
@@ -108,23 +182,23 @@ class IndiServer(MultiService):
         tls: Any = None,
     ):
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
+        # The global reactor is looked up when first used, not now, so that
+        # asyncrun() can still install the asyncio reactor on its loop.
+        self.reactor = reactor if reactor is not None else _InstalledReactor()
         self.host = host
         self.port = port
         self.maxconnections = maxconnections
         self.restarts = restarts
         self.driver_limits = driver_limits
-        self.router = Router(clock=reactor, verbose=verbose)
+        self.router = Router(clock=self.reactor, verbose=verbose)
         self.router.max_queue = max_queue
         self.router.max_stream = max_stream
         self.factory = ClientFactory(self.router, maxconnections, client_limits)
         self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
-        self.stopped: defer.Deferred[None] = defer.Deferred()
+        self.stopped: defer.Deferred[None] = Stopped()
         self.listening_port: IListeningPort | None = None
         self._stop = False
-        endpoint = serverFromString(reactor, endpoint_description(port, host))
+        endpoint = serverFromString(self.reactor, endpoint_description(port, host))
         listening_factory: Any = self.factory
         if tls is not None:
             # INDI over TLS on any endpoint, with whatever the options demand
@@ -139,6 +213,22 @@ class IndiServer(MultiService):
         # else has started (no timers, no drivers) when startup fails.
         self._listener.setServiceParent(self)
         self.router.setServiceParent(self)
+        #: The names of the devices of the IPyDriver drivers served.
+        self._ipydevices: set[str] = set()
+        names = [name for driver in drivers if is_ipydriver(driver) for name in driver]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"Device name {name} is duplicated in the attached drivers.")
+        for driver in drivers:
+            if is_ipydriver(driver):
+                self.add_ipydriver(driver)
+            elif IInProcessDriver.providedBy(driver):
+                self.add_inprocess(driver)
+            else:
+                raise TypeError(
+                    f"{driver!r} is neither an indipydriver IPyDriver nor an"
+                    " indiserv.inprocess.IInProcessDriver"
+                )
 
     @property
     def keepalive(self) -> float:
@@ -175,6 +265,33 @@ class IndiServer(MultiService):
         )
         driver.setServiceParent(self)
         return driver
+
+    def add_ipydriver(self, driver: Any) -> InProcessService:
+        """
+        Serve the indipydriver C{IPyDriver} C{driver} in this process, as
+        IPyServer does.  It runs on Twisted's asyncio reactor
+        (L{WrongReactor} says so if another one is installed).  A device
+        name that another IPyDriver already serves is refused with
+        C{ValueError}.
+        """
+        require_asyncio_reactor()
+        adapter = IPyDriverAdapter(driver)
+        taken = self._ipydevices.intersection(adapter.devices)
+        if taken:
+            raise ValueError(
+                f"Device name {sorted(taken)[0]} is duplicated in the attached drivers."
+            )
+        self._ipydevices.update(adapter.devices)
+        return self.add_inprocess(adapter)
+
+    def add_inprocess(self, driver: IInProcessDriver) -> InProcessService:
+        """
+        Serve C{driver}, an L{IInProcessDriver}, in this process: a Twisted
+        program's own devices, or an observer of all traffic.
+        """
+        service = InProcessService(self.router, driver, self.driver_limits)
+        service.setServiceParent(self)
+        return service
 
     def add_remote(
         self,
@@ -262,14 +379,15 @@ class IndiServer(MultiService):
         """
         Start the reactor, serve until L{shutdown} (or SIGINT/SIGTERM), and
         return once everything has stopped.  Logs go to the standard
-        C{logging} module, as with IPyServer.
+        C{logging} module, as with IPyServer.  With IPyDriver drivers and no
+        reactor installed yet, Twisted's asyncio reactor is installed.
         """
+        if self._ipydevices and "twisted.internet.reactor" not in sys.modules:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            asyncioreactor.install(loop)
         reactor = self.reactor
-        # Like IPyServer, log through the standard logging module, so
-        # logging.basicConfig() (or nothing, for silence) decides.
-        globalLogBeginner.beginLoggingTo(
-            [STDLibLogObserver()], redirectStandardIO=False
-        )
+        _log_to_stdlib()
 
         def start() -> None:
             try:
@@ -284,6 +402,44 @@ class IndiServer(MultiService):
             lambda _: reactor.stop() if reactor.running else None
         )
         reactor.run()
+
+    async def asyncrun(self) -> None:
+        """
+        Serve inside a running asyncio event loop until L{shutdown}, as
+        IPyServer's C{asyncrun} does::
+
+            asyncio.run(server.asyncrun())
+
+        Twisted's asyncio reactor is installed on the running loop (an
+        error says so if another reactor is installed already).  SIGTERM
+        shuts the server down; so does Ctrl-C, after which C{asyncio.run}
+        raises C{KeyboardInterrupt} as usual.  Every driver process has been
+        reaped when this returns.  One process can run this once: Twisted's
+        reactor cannot be restarted.
+        """
+        loop = asyncio.get_running_loop()
+        reactor = _asyncio_reactor_on(loop)
+        _log_to_stdlib()
+        if not reactor.running:
+            # The loop is already running: only tell Twisted it is.  Signals
+            # stay asyncio's; Twisted learns of exited children from ours.
+            reactor.startRunning(installSignalHandlers=False)
+        handlers = {signal.SIGCHLD: process.reapAllProcesses, signal.SIGTERM: self.shutdown}
+        for signum, handler in list(handlers.items()):
+            try:
+                loop.add_signal_handler(signum, handler)
+            except (ValueError, RuntimeError, NotImplementedError):
+                del handlers[signum]  # not the main thread: no signals here
+        process.reapAllProcesses()
+        try:
+            self.startService()
+            await self.stopped
+        except asyncio.CancelledError:
+            await self.shutdown()
+            raise
+        finally:
+            for signum in handlers:
+                loop.remove_signal_handler(signum)
 
     def _stop_with_reactor(self) -> defer.Deferred[None] | None:
         if self.running:

@@ -6,9 +6,12 @@ hardware, and gives the tests a real driver process to supervise: it speaks
 INDI 1.7 on standard input and output like any other driver, logs to
 standard error, and exits with status 0 when its input ends or on SIGTERM.
 
-It is deliberately a plain blocking loop over L{indiserv.wire} with no
-Twisted, because that is how most drivers are written and a driver must not
-depend on the server's event loop.
+The device itself, L{Simulator}, is an in-process driver
+(L{indiserv.inprocess.IInProcessDriver}), so a server can also serve it in
+its own process: C{IndiServer(Simulator())}.  As a program it is a plain
+blocking loop over L{indiserv.wire} with no Twisted, because that is how
+most drivers are written and a driver must not depend on the server's
+event loop.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import sys
 from typing import Callable
 from xml.etree import ElementTree
 
+from zope.interface import implementer
+
 from indiserv import wire
+from indiserv.inprocess import IInProcessDriver
 
 DEVICE = "indiserv Simulator"
 MAIN = "Main Control"
@@ -73,6 +79,7 @@ def _switch(on: bool) -> str:
     return "On" if on else "Off"
 
 
+@implementer(IInProcessDriver)
 class Simulator:
     """
     The simulated device: its property values and its answers to clients.
@@ -81,8 +88,10 @@ class Simulator:
     @ivar exposures: how many images it has produced, so each one differs.
     """
 
-    def __init__(self, write: Callable[[bytes], None]):
-        self._write = write
+    name = "indiserv-simulator"
+
+    def __init__(self) -> None:
+        self._write: Callable[[bytes], None] = lambda data: None
         self.connected = False
         self.temperature = 20.0
         self.site_name = "Backyard"
@@ -95,7 +104,14 @@ class Simulator:
             ("newTextVector", "SITE_NAME"): self._site_name,
         }
 
-    def handle(self, message: wire.Message) -> None:
+    def start(self, send: Callable[[bytes], None]) -> None:
+        """Write what the device says with C{send} from now on."""
+        self._write = send
+
+    def stop(self) -> None:
+        """Nothing to let go of: the device is only memory."""
+
+    def messageReceived(self, message: wire.Message) -> None:
         """Answer one message from the server; ignore what is not for us."""
         if message.tag == "pingRequest":
             self._write(wire.ping_reply(message.attrs.get("uid", "")).raw)
@@ -241,7 +257,8 @@ def main() -> int:
         out.write(data)
         out.flush()
 
-    simulator = Simulator(write)
+    simulator = Simulator()
+    simulator.start(write)
     parser = wire.Parser()
     _log(f"serving device {DEVICE}")
     try:
@@ -250,7 +267,7 @@ def main() -> int:
             if not chunk:
                 break
             for message in _frame(parser, chunk):
-                simulator.handle(message)
+                simulator.messageReceived(message)
     except BrokenPipeError:
         # The server went away; silence the flush Python retries at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -4,8 +4,10 @@ The twistd plugin: C{twistd -n indiserver --port 7624 DRIVER ...}.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
+import sys
 from typing import Any
 
 from twisted.python import usage
@@ -117,6 +119,7 @@ class Options(usage.Options):
         self["verbose"] = 0
         self["drivers"] = []
         self["remotes"] = []
+        self["ipydrivers"] = []
 
     def opt_remote(self, spec: str) -> None:
         """
@@ -124,6 +127,21 @@ class Options(usage.Options):
         client endpoint string such as tls:host:port. Repeatable.
         """
         self["remotes"].append(_remote(spec))
+
+    def opt_ipydriver(self, spec: str) -> None:
+        """
+        Serve an indipydriver IPyDriver in process: MODULE:FACTORY names a
+        callable returning it, such as mypackage.thermostat:make_driver.
+        Needs --reactor=asyncio (before the plugin name). Repeatable.
+        """
+        module, _, factory = spec.partition(":")
+        if not module or not factory:
+            raise usage.UsageError(f"bad --ipydriver {spec!r}: expected MODULE:FACTORY")
+        try:
+            make = getattr(importlib.import_module(module), factory)
+        except (ImportError, AttributeError) as e:
+            raise usage.UsageError(f"--ipydriver {spec}: {e}")
+        self["ipydrivers"].append(make)
 
     def opt_verbose(self) -> None:
         """More logging: -v key events, -vv a line per message, -vvv full XML."""
@@ -169,6 +187,8 @@ class Options(usage.Options):
         if self["require-client-cert"] and not self["tls-cert"]:
             raise usage.UsageError("--require-client-cert needs --tls-cert and --tls-key")
         self["endpoint"] = endpoint_description(self["port"], self["host"])
+        if self["ipydrivers"]:
+            _require_asyncio_reactor()
 
 
 # indiserver's [device]@host[:port]: device names may have spaces, hosts not.
@@ -184,6 +204,18 @@ def _remote(spec: str) -> tuple[str | None, str, int]:
         raise usage.UsageError(f"bad remote {spec!r}: expected [device@]host[:port]")
 
 
+def _require_asyncio_reactor() -> None:
+    """--ipydriver needs twistd's asyncio reactor, chosen before the plugin."""
+    from twisted.internet import asyncioreactor
+
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        raise usage.UsageError(
+            "--ipydriver serves asyncio code and needs Twisted's asyncio"
+            " reactor: twistd --reactor=asyncio -n indiserver --ipydriver ..."
+        )
+
+
 def megabytes(value: float) -> int:
     """Bytes in C{value} MB (MiB, as indiserver counts them)."""
     return int(value * 1024 * 1024)
@@ -197,6 +229,7 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         "max_depth": config["max-depth"],
     }
     server = IndiServer(
+        *(make() for make in config["ipydrivers"]),
         host=config["host"],
         port=config["endpoint"],
         maxconnections=config["max-connections"],

@@ -133,16 +133,17 @@ def serve(
     remotes: tuple[int, ...] = (),
     blob_enable: bool = False,
     port: int = 0,
+    inprocess: tuple[Any, ...] | list[Any] = (),
     **kwargs: Any,
 ):
     """
-    An IndiServer on 127.0.0.1 serving C{drivers} (argument lists) and
-    linked to the servers on C{remotes}, stopped when C{testcase} ends;
-    fires with it once it listens.
+    An IndiServer on 127.0.0.1 serving C{drivers} (argument lists) and the
+    C{inprocess} drivers, linked to the servers on C{remotes}, stopped when
+    C{testcase} ends; fires with it once it listens.
     """
     from indiserv import IndiServer
 
-    server = IndiServer(host="127.0.0.1", port=port, **kwargs)
+    server = IndiServer(*inprocess, host="127.0.0.1", port=port, **kwargs)
     for driver in drivers:
         server.add_exdriver(*driver).env = env if env is not None else child_env()
     for remote in remotes:
@@ -195,10 +196,10 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def child_processes() -> list[tuple[int, str]]:
-    """(pid, state) of every child of this process, zombies included."""
+def child_processes(parent: int | None = None) -> list[tuple[int, str]]:
+    """(pid, state) of every child of C{parent} (this process), zombies included."""
     children = []
-    me = os.getpid()
+    me = os.getpid() if parent is None else parent
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

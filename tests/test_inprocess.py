@@ -1,0 +1,436 @@
+"""
+Tests for L{indiserv.inprocess}: Twisted-native in-process drivers, and
+indipydriver IPyDriver objects served in process on the asyncio reactor.
+
+trial runs on its default reactor, so IPyDriver servers run here as real
+programs (C{asyncio.run(server.asyncrun())}, or twistd with the asyncio
+reactor), read and set by real clients: indi_getprop, indi_setprop,
+indipyclient and the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import textwrap
+
+from twisted.internet import defer, reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from indiserv import IndiServer, wire
+from indiserv.inprocess import IInProcessDriver, IPyDriverAdapter, WrongReactor
+from indiserv.simulator import DEVICE, Simulator
+
+from .ipydrivers import CAMERA, THERMOSTAT, WATCHER, camera, thermostat
+from .support import (
+    PACKAGE_ROOT,
+    child_env,
+    child_processes,
+    client_of,
+    require_programs,
+    serve,
+)
+from .test_tap import TWISTD, _Collect
+
+TELESCOPE = "Telescope Simulator"
+
+
+@implementer(IInProcessDriver)
+class Recorder:
+    """An in-process driver that snoops everything and keeps what it is sent."""
+
+    name = "recorder"
+
+    def __init__(self, output: bytes = b"<getProperties version='1.7'/>"):
+        self.output = output
+        self.received: list[wire.Message] = []
+        self.stopped = False
+
+    def start(self, send):
+        self.send = send
+        send(self.output)
+
+    def messageReceived(self, message):
+        self.received.append(message)
+
+    def stop(self):
+        self.stopped = True
+
+
+class TwistedNativeTests(TestCase):
+    """IInProcessDriver objects, served on any reactor."""
+
+    timeout = 30
+
+    def test_simulator_provides_interface(self):
+        """The bundled simulator device is an in-process driver."""
+        verifyObject(IInProcessDriver, Simulator())
+
+    @defer.inlineCallbacks
+    def test_simulator_served_in_process(self):
+        """IndiServer(Simulator()) serves its definitions and answers a client's new*Vector."""
+        server = yield serve(self, inprocess=[Simulator()])
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "TEMPERATURE")
+        client.say(
+            f"<newNumberVector device='{DEVICE}' name='TEMPERATURE'>"
+            "<oneNumber name='TEMPERATURE'>-5</oneNumber></newNumberVector>".encode()
+        )
+        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+        self.assertIn(b">-5.0<", update.raw)
+
+    @defer.inlineCallbacks
+    def test_in_process_driver_snoops_executable_driver(self):
+        """An in-process driver that asked for every property gets an executable driver's updates."""
+        recorder = Recorder()
+        server = yield serve(self, [sys.executable, "-m", "indiserv.simulator"], inprocess=[recorder])
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defSwitchVector" and m.name == "CONNECTION")
+        client.say(
+            f"<newSwitchVector device='{DEVICE}' name='CONNECTION'>"
+            "<oneSwitch name='CONNECT'>On</oneSwitch></newSwitchVector>".encode()
+        )
+        yield client.wait_for(lambda m: m.tag == "setSwitchVector" and m.name == "CONNECTION")
+        yield server.send_message("flush")  # routed after the driver's update
+        yield client.wait_for(lambda m: m.attrs.get("message") == "flush")
+        snooped = [(m.tag, m.name) for m in recorder.received if m.device == DEVICE]
+        self.assertIn(("defSwitchVector", "CONNECTION"), snooped)
+        self.assertIn(("setSwitchVector", "CONNECTION"), snooped)
+        self.assertNotIn("newSwitchVector", [tag for tag, _ in snooped])
+
+    @defer.inlineCallbacks
+    def test_bad_output_dropped_and_logged(self):
+        """Malformed XML from an in-process driver is logged and dropped; what follows still routes."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        recorder = Recorder(b"<setNumberVector device='X'><oops></setNumberVector>"
+                            + wire.message("still here", device="X").raw)
+        server = yield serve(self, inprocess=[recorder])
+        client = yield client_of(self, server)
+        yield server.send_message("hello")
+        message = yield client.wait_for(lambda m: m.tag == "message")
+        self.assertEqual(message.attrs["message"], "hello")
+        self.assertTrue(any("bad output of recorder" in e["log_format"].format(**e)
+                            for e in logged if "driver" in e))
+
+    @defer.inlineCallbacks
+    def test_stopped_with_server(self):
+        """Stopping the server stops its in-process drivers."""
+        recorder = Recorder()
+        server = yield serve(self, inprocess=[recorder])
+        yield server.shutdown()
+        self.assertTrue(recorder.stopped)
+
+
+class IPyDriverConstructionTests(SynchronousTestCase):
+    """What IndiServer checks of IPyDriver objects before anything runs."""
+
+    def test_duplicate_device_refused(self):
+        """Two IPyDrivers with the same device name are refused at construction."""
+        with self.assertRaises(ValueError) as caught:
+            IndiServer(thermostat(), thermostat(), port=0)
+        self.assertIn(f"Device name {THERMOSTAT} is duplicated", str(caught.exception))
+
+    def test_wrong_reactor_explained(self):
+        """Under another reactor an IPyDriver is refused with what to do instead."""
+        with self.assertRaises(WrongReactor) as caught:
+            IndiServer(thermostat(), port=0)
+        self.assertIn("--reactor=asyncio", str(caught.exception))
+        self.assertIn("asyncio.run", str(caught.exception))
+
+    def test_adapter_is_in_process_driver(self):
+        """IPyDriverAdapter provides IInProcessDriver and knows its driver's devices."""
+        adapter = IPyDriverAdapter(camera())
+        verifyObject(IInProcessDriver, adapter)
+        self.assertEqual(adapter.devices, [CAMERA])
+
+    def test_not_a_driver_refused(self):
+        """Anything else given as a driver is a TypeError."""
+        self.assertRaises(TypeError, IndiServer, object(), port=0)
+
+
+# The IPyServer example from indipyserver's documentation, changed only in
+# its import and class name (and port 0, with the real port logged).
+EXAMPLE = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer as IPyServer
+{extra}
+server = IPyServer({drivers}host="127.0.0.1", port=0, maxconnections=5)
+
+server.add_exdriver("indi_simulator_telescope")
+server.add_exdriver("indi_simulator_ccd")
+asyncio.run(server.asyncrun())
+"""
+
+
+class AsyncRunTests(TestCase):
+    """C{asyncio.run(server.asyncrun())} in a real program, as with IPyServer."""
+
+    timeout = 60
+
+    def setUp(self):
+        require_programs(
+            "indi_simulator_telescope", "indi_simulator_ccd", "indi_getprop", "indi_setprop"
+        )
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.env = child_env(HOME=self.home)
+
+    @defer.inlineCallbacks
+    def start(self, drivers: str = "", extra: str = "", script: str = EXAMPLE):
+        """Run the example program; fire with its port once it listens."""
+        path = os.path.join(self.home, "example.py")
+        with open(path, "w") as f:
+            f.write(script.format(drivers=drivers, extra=extra))
+        self.output = _Collect(rb"listening on .*port=(\d+)")
+        self.process = reactor.spawnProcess(
+            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
+        )
+        self.addCleanup(self.terminate)
+        found = yield self.output.seen
+        return int(found.group(1))
+
+    def terminate(self):
+        if self.process.pid is not None:
+            self.process.signalProcess("KILL")
+        return self.output.ended
+
+    @defer.inlineCallbacks
+    def tool(self, *argv: str):
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=self.env)
+        return out.decode(), code
+
+    @defer.inlineCallbacks
+    def getprop(self, port: int, spec: str):
+        out, code = yield self.tool("indi_getprop", "-h", "127.0.0.1", "-p", str(port), "-t", "3", spec)
+        return out
+
+    def driver_pids(self) -> list[int]:
+        """The indilib simulators the example program runs."""
+        return [pid for pid, state in child_processes(self.process.pid)]
+
+    @defer.inlineCallbacks
+    def stopped_by(self, port: int, signal: str):
+        """Signal the program once its drivers answer; fire with their pids once it ended."""
+        yield self.getprop(port, "CCD Simulator.CONNECTION.*")
+        drivers = self.driver_pids()
+        self.assertEqual(len(drivers), 2)
+        self.process.signalProcess(signal)
+        yield self.output.ended
+        return drivers
+
+    @defer.inlineCallbacks
+    def test_ipyserver_example_with_indilib_drivers(self):
+        """The ported IPyServer example serves indilib's simulators to indi_getprop and indi_setprop."""
+        port = yield self.start()
+        out = yield self.getprop(port, f"{TELESCOPE}.CONNECTION.*")
+        self.assertIn(f"{TELESCOPE}.CONNECTION.DISCONNECT=On", out)
+        out = yield self.getprop(port, "CCD Simulator.CONNECTION.*")
+        self.assertIn("CCD Simulator.CONNECTION.DISCONNECT=On", out)
+
+    @defer.inlineCallbacks
+    def test_ipydrivers_in_process(self):
+        """IPyDrivers given to the constructor are read and set by indi_getprop and indi_setprop."""
+        extra = "from tests.ipydrivers import thermostat, camera"
+        port = yield self.start("thermostat(), camera(), ", extra)
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{THERMOSTAT}.TARGET.TARGET=21.5"
+        )
+        self.assertEqual(code, 0)
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=21.5")
+
+    @defer.inlineCallbacks
+    def test_indipyclient_sets_ipydriver(self):
+        """A real indipyclient client reads an in-process IPyDriver's property and sets it."""
+        extra = "from tests.ipydrivers import thermostat"
+        port = yield self.start("thermostat(), ", extra)
+        out, code = yield self.tool(sys.executable, "-c", INDIPYCLIENT, str(port))
+        self.assertEqual((out.split(), code), (["15.0", "30.0"], 0), out)
+
+    @defer.inlineCallbacks
+    def test_ipydriver_blobs_follow_client_policy(self):
+        """An in-process IPyDriver's BLOB reaches a client that enabled BLOBs and not one that did not."""
+        extra = "from tests.ipydrivers import camera"
+        port = yield self.start("camera(), ", extra)
+        server = _Port(port)
+        wants = yield client_of(self, server, f"<getProperties version='1.7'/><enableBLOB device='{CAMERA}'>Also</enableBLOB>".encode())
+        refuses = yield client_of(self, server)
+        for client in (wants, refuses):
+            yield client.wait_for(lambda m: m.name == "EXPOSE")
+        refuses.say(
+            f"<newSwitchVector device='{CAMERA}' name='EXPOSE'>"
+            "<oneSwitch name='EXPOSE'>On</oneSwitch></newSwitchVector>".encode()
+        )
+        image = yield wants.wait_for(lambda m: m.tag == "setBLOBVector")
+        self.assertTrue(image.blob)
+        refuses.say(b"<pingRequest uid='after'/>")
+        yield refuses.wait_for(lambda m: m.tag == "pingReply")
+        self.assertFalse([m for m in refuses.received if m.tag == "setBLOBVector"])
+
+    @defer.inlineCallbacks
+    def connect_telescope_and_wait(self, port: int, expression: str):
+        """Connect the telescope simulator, then wait until C{expression} (indi_eval) holds."""
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{TELESCOPE}.CONNECTION.CONNECT=On"
+        )
+        self.assertEqual(code, 0)
+        out, code = yield self.tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "15", "-w", expression
+        )
+        return code
+
+    @defer.inlineCallbacks
+    def test_ipydriver_snoops_executable_driver(self):
+        """An in-process IPyDriver snoops indi_simulator_telescope's coordinates."""
+        port = yield self.start("watcher(), ", "from tests.ipydrivers import watcher")
+        code = yield self.connect_telescope_and_wait(port, f'"{WATCHER}.SEEN_RA.RA">=0')
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
+    def test_executable_driver_snoops_ipydriver(self):
+        """indi_simulator_telescope snoops an in-process IPyDriver acting as its GPS."""
+        port = yield self.start("gps(), ", "from tests.ipydrivers import gps")
+        code = yield self.connect_telescope_and_wait(
+            port, f'"{TELESCOPE}.GEOGRAPHIC_COORD.LAT"==12.5'
+        )
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
+    def test_sigterm_shuts_down_and_reaps(self):
+        """SIGTERM ends asyncrun() cleanly, with every driver process reaped."""
+        port = yield self.start()
+        drivers = yield self.stopped_by(port, "TERM")
+        self.assertIn(b"indi_simulator_ccd stopped", self.output.output)
+        self.assertEqual(self.process.status, 0)
+        self.assertFalse([pid for pid in drivers if os.path.exists(f"/proc/{pid}")])
+
+    @defer.inlineCallbacks
+    def test_ctrl_c_shuts_down_and_reaps(self):
+        """Ctrl-C (SIGINT) stops the drivers before asyncio.run raises KeyboardInterrupt."""
+        port = yield self.start()
+        drivers = yield self.stopped_by(port, "INT")
+        self.assertIn(b"KeyboardInterrupt", self.output.output)
+        self.assertIn(b"indi_simulator_ccd stopped", self.output.output)
+        self.assertFalse([pid for pid in drivers if os.path.exists(f"/proc/{pid}")])
+
+    @defer.inlineCallbacks
+    def test_shutdown_from_inside_a_driver(self):
+        """A driver calling server.shutdown() ends asyncrun(); awaiting server.stopped works in asyncio."""
+        port = yield self.start(script=SHUTS_DOWN)
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{THERMOSTAT}.TARGET.TARGET=99"
+        )
+        yield self.output.ended
+        self.assertIn(b"stopped was awaited", self.output.output)
+        self.assertEqual(self.process.status, 0)
+
+    @defer.inlineCallbacks
+    def test_twistd_asyncio_reactor_ipydriver_factory(self):
+        """twistd --reactor=asyncio -n indiserver --ipydriver MODULE:FACTORY serves the driver."""
+        self.output = _Collect(rb"listening on .*port=(\d+)")
+        self.process = reactor.spawnProcess(
+            self.output, sys.executable,
+            [sys.executable, "-c", TWISTD, "--reactor=asyncio", "-n", "--pidfile=",
+             "indiserver", "--port", "0", "--host", "127.0.0.1",
+             "--ipydriver", "tests.ipydrivers:thermostat"],
+            env=self.env, path=PACKAGE_ROOT,
+        )
+        self.addCleanup(self.terminate)
+        found = yield self.output.seen
+        out = yield self.getprop(int(found.group(1)), f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+
+    @defer.inlineCallbacks
+    def test_twistd_without_asyncio_reactor_says_what_to_do(self):
+        """twistd -n indiserver --ipydriver without the asyncio reactor exits with the fix."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0",
+             "--ipydriver", "tests.ipydrivers:thermostat"],
+            env=self.env, path=PACKAGE_ROOT,
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"twistd --reactor=asyncio -n indiserver --ipydriver", out + err)
+
+
+class ExecutableIPyDriverTests(TestCase):
+    """The same indipydriver driver, run as a program (its stdin/stdout mode)."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_same_driver_as_executable(self):
+        """Served as an executable driver, the thermostat answers a new*Vector as it does in process."""
+        server = yield serve(self, [sys.executable, "-m", "tests.ipydrivers", "thermostat"])
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
+        client.say(
+            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
+            "<oneNumber name='TARGET'>30</oneNumber></newNumberVector>".encode()
+        )
+        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+        self.assertRegex(update.raw.decode(), r">\s*30(\.0)?\s*<")
+
+
+INDIPYCLIENT = textwrap.dedent("""
+    import asyncio, sys
+    from indipyclient import IPyClient
+
+    async def main():
+        client = IPyClient(indihost="127.0.0.1", indiport=int(sys.argv[1]))
+        running = asyncio.create_task(client.asyncrun())
+        while "Thermostat" not in client or "TARGET" not in client["Thermostat"]:
+            await asyncio.sleep(0.05)
+        vector = client["Thermostat"]["TARGET"]
+        print(float(vector["TARGET"]))
+        await client.send_newVector("Thermostat", "TARGET", members={"TARGET": 30})
+        while float(vector["TARGET"]) != 30:
+            await asyncio.sleep(0.05)
+        print(float(vector["TARGET"]))
+        client.shutdown()
+        await running
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+""")
+
+SHUTS_DOWN = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+from tests.ipydrivers import ThermostatDriver, thermostat
+
+class Stopper(ThermostatDriver):
+    async def rxevent(self, event):
+        server.shutdown()
+
+driver = thermostat()
+driver.__class__ = Stopper
+server = IndiServer(driver, host="127.0.0.1", port=0)
+
+async def main():
+    running = asyncio.ensure_future(server.asyncrun())
+    await server.stopped
+    print("stopped was awaited", flush=True)
+    await running
+
+asyncio.run(main())
+"""
+
+
+class _Port:
+    """What client_of needs of a server: its port."""
+
+    def __init__(self, port: int):
+        self.port = port
