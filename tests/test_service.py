@@ -16,7 +16,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from indiserv import IndiServer
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description
 
-from .support import attached_client, child_env, child_processes, client_of, connect_client, serve
+from .support import (
+    PACKAGE_ROOT,
+    attached_client,
+    child_env,
+    child_processes,
+    client_of,
+    connect_client,
+    require_programs,
+    serve,
+)
 
 SIMULATOR = "indiserv Simulator"
 SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
@@ -126,6 +135,57 @@ class IndiServerTests(TestCase):
         yield application.stopService()
         yield client.lost
         self.assertTrue(server.stopped.called)
+
+
+class EmbeddingTests(TestCase):
+    """docs/examples/observatory_web.py: a web site with an IndiServer child service."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_stopping_parent_stops_server_drivers_and_connections(self):
+        """Stopping the application closes both ports, reaps the driver and hangs up on clients."""
+        require_programs("indi_simulator_telescope")
+        example = _load_example("observatory_web")
+        top = example.observatory(web_port="tcp:0:interface=127.0.0.1", indi_port=0)
+        indi = next(s for s in top if isinstance(s, IndiServer))
+        (driver,) = [s for s in indi if hasattr(s, "program")]
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        driver.env = child_env(HOME=home)
+        top.startService()
+        self.addCleanup(lambda: top.stopService() if top.running else None)
+        yield indi.listening
+        client = yield client_of(self, indi)
+        yield client.wait_for(lambda m: m.tag == "defSwitchVector" and m.device == SIMULATOR)
+        yield client.wait_for(lambda m: m.device == "Telescope Simulator")
+        web = next(s for s in top if not isinstance(s, IndiServer))
+        ports = []
+        web._waitingForPort.addCallback(lambda port: ports.append(port) or port)
+        web_port = ports[0].getHost().port
+        page = yield connect_client(web_port)  # the site is up
+        page.transport.loseConnection()
+        running = [pid for pid, state in child_processes() if state != "Z"]
+        self.assertTrue(running)
+
+        yield top.stopService()
+
+        yield client.lost
+        self.assertTrue(indi.stopped.called)
+        yield self.assertFailure(connect_client(web_port), ConnectionRefusedError)
+        self.assertFalse([pid for pid, _ in child_processes() if pid in running])
+        yield self.assertFailure(connect_client(indi.port), ConnectionRefusedError)
+
+
+def _load_example(name: str):
+    """A module of docs/examples, loaded from its file."""
+    import importlib.util
+
+    path = os.path.join(PACKAGE_ROOT, "docs", "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 IGNORES_TERM = (
