@@ -39,7 +39,7 @@ from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "Stopped", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
+__all__ = ["IndiServer", "Milestone", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
 
@@ -100,10 +100,11 @@ def _asyncio_reactor_on(loop: asyncio.AbstractEventLoop) -> Any:
     return reactor
 
 
-class Stopped(defer.Deferred[None]):
+class Milestone(defer.Deferred[Any]):
     """
-    A Deferred that fires once the server has stopped, which asyncio code
-    can await too (as IPyServer's C{stopped} event, also with C{wait()}).
+    A Deferred for a moment in the server's life (L{IndiServer.listening},
+    L{IndiServer.stopped}) that asyncio code can await too, also as
+    IPyServer's C{stopped} event: C{await server.stopped.wait()}.
     """
 
     def __await__(self) -> Any:
@@ -114,16 +115,16 @@ class Stopped(defer.Deferred[None]):
         if task is None:
             return super().__await__()
         # A copy, so that cancelling the awaiting task leaves this alone.
-        copy: defer.Deferred[None] = defer.Deferred()
-        self.addBoth(lambda result: (copy.callback(None), result)[1])
+        copy: defer.Deferred[Any] = defer.Deferred()
+        self.addBoth(lambda result: (copy.callback(result), result)[1])
         return copy.asFuture(asyncio.get_running_loop()).__await__()
 
     async def wait(self) -> None:
-        """Wait until the server has stopped (IPyServer's C{stopped.wait()})."""
+        """Wait for this moment (IPyServer's C{stopped.wait()})."""
         await self
 
     def is_set(self) -> bool:
-        """Whether the server has stopped (IPyServer's C{stopped.is_set()})."""
+        """Whether this moment has come (IPyServer's C{stopped.is_set()})."""
         return self.called
 
 
@@ -194,8 +195,8 @@ class IndiServer(MultiService):
         self.router.max_queue = max_queue
         self.router.max_stream = max_stream
         self.factory = ClientFactory(self.router, maxconnections, client_limits)
-        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
-        self.stopped: defer.Deferred[None] = Stopped()
+        self.listening: defer.Deferred[IListeningPort] = Milestone()
+        self.stopped: defer.Deferred[None] = Milestone()
         self.listening_port: IListeningPort | None = None
         self._stop = False
         endpoint = serverFromString(self.reactor, endpoint_description(port, host))

@@ -250,6 +250,29 @@ class AsyncRunTests(TestCase):
         self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=21.5")
 
     @defer.inlineCallbacks
+    def test_add_ipydriver_before_and_while_running(self):
+        """add_ipydriver() serves a driver added before asyncrun() and one added once it listens."""
+        port = yield self.start(script=ADDED_LATER)
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+        out = yield self.getprop(port, f"{CAMERA}.EXPOSE.EXPOSE")
+        self.assertEqual(out.strip(), f"{CAMERA}.EXPOSE.EXPOSE=Off")
+
+    @defer.inlineCallbacks
+    def test_ipydriver_reached_through_remote_server(self):
+        """A client of a linked server sets an in-process IPyDriver of the server it links to."""
+        port = yield self.start("thermostat(), ", "from tests.ipydrivers import thermostat")
+        upper = yield serve(self, remotes=(port,))
+        client = yield client_of(self, upper)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
+        client.say(
+            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
+            "<oneNumber name='TARGET'>42</oneNumber></newNumberVector>".encode()
+        )
+        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+        self.assertRegex(update.raw.decode(), r">\s*42(\.0)?\s*<")
+
+    @defer.inlineCallbacks
     def test_indipyclient_sets_ipydriver(self):
         """A real indipyclient client reads an in-process IPyDriver's property and sets it."""
         extra = "from tests.ipydrivers import thermostat"
@@ -404,6 +427,24 @@ INDIPYCLIENT = textwrap.dedent("""
 
     asyncio.run(asyncio.wait_for(main(), 20))
 """)
+
+ADDED_LATER = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+from tests.ipydrivers import camera, thermostat
+
+server = IndiServer(host="127.0.0.1", port=0)
+server.add_ipydriver(thermostat())
+
+async def main():
+    running = asyncio.ensure_future(server.asyncrun())
+    await server.listening
+    server.add_ipydriver(camera())
+    await running
+
+asyncio.run(main())
+"""
 
 SHUTS_DOWN = """
 import asyncio, logging
