@@ -13,22 +13,24 @@ from datetime import datetime
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint, clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from indiserv.client import CLIENT_LIMITS, ClientFactory
+from indiserv.client import CLIENT_LIMITS, ClientFactory, describe
+from indiserv.control import FifoControl
+from indiserv.daylog import DayLog
 from indiserv.driver import DriverService
 from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
+__all__ = ["IndiServer", "endpoint_description", "tls_options", "unix_endpoint", "SHUTDOWN_TEXT"]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
 
@@ -63,6 +65,35 @@ def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any
     with open(client_ca, "rb") as f:
         authority = Certificate.loadPEM(f.read())
     return server.options(authority)
+
+
+def unix_endpoint(reactor: Any, path: str) -> IStreamServerEndpoint:
+    """
+    A unix socket server endpoint at C{path}.  C{@name} is a socket in
+    Linux's abstract namespace (no file; what indiserver's C{-u} makes on
+    Linux); anything else a socket file, whose stale leftover from a
+    crashed server is replaced.
+    """
+    if path.startswith("@"):
+        return UNIXServerEndpoint(reactor, "\0" + path[1:])
+    return UNIXServerEndpoint(reactor, path, wantPID=True)
+
+
+@implementer(IStreamServerEndpoint)
+class _AnnouncingEndpoint:
+    """An endpoint wrapper that logs where it listens."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint):
+        self._endpoint = endpoint
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self._endpoint.listen(factory).addCallback(self._announce)
+
+    def _announce(self, port: IListeningPort) -> IListeningPort:
+        self.log.info("listening on {address}", address=describe(port.getHost()))
+        return port
 
 
 @implementer(IStreamServerEndpoint)
@@ -163,13 +194,19 @@ class IndiServer(MultiService):
         self.listening.callback(port)
         return port
 
-    def add_exdriver(self, program: str, *args: str) -> DriverService:
-        """Serve the executable driver C{program}, run with C{args}."""
+    def add_exdriver(
+        self, program: str, *args: str, env: dict[str, str] | None = None
+    ) -> DriverService:
+        """
+        Serve the executable driver C{program}, run with C{args} in the
+        environment C{env} (L{None}: this process's).
+        """
         driver = DriverService(
             self.router,
             program,
             args,
             reactor=self.reactor,
+            env=env,
             restarts=self.restarts,
             limits=self.driver_limits,
         )
@@ -215,6 +252,46 @@ class IndiServer(MultiService):
         )
         remote.setServiceParent(self)
         return remote
+
+    def add_listener(self, endpoint: IStreamServerEndpoint | str) -> Service:
+        """
+        Also accept clients on C{endpoint} (an endpoint, or an endpoint
+        string), such as a local unix socket (L{unix_endpoint}).  They count
+        towards C{maxconnections} with the others.  If the server is
+        running, it listens at once; one that cannot listen stops startup.
+        """
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(self.reactor, endpoint)
+        listener = StreamServerEndpointService(_AnnouncingEndpoint(endpoint), self.factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(self)
+        return listener
+
+    def add_fifo(
+        self, path: str, env: dict[str, str] | None = None, remote_blobs: bool = False
+    ) -> FifoControl:
+        """
+        Start and stop drivers and remote links as told by the lines written
+        into the FIFO C{path}, as indiserver's C{-f} does (see
+        L{indiserv.control}).  Drivers started from it begin with the
+        environment C{env} (L{None}: this process's); BLOBs cross the links
+        it makes with C{remote_blobs}.  A FIFO that cannot be made or opened
+        stops startup with a L{indiserv.control.FifoError}.
+        """
+        control = FifoControl(self, path, env=env, remote_blobs=remote_blobs)
+        control.setServiceParent(self)
+        return control
+
+    def add_daylog(self, directory: str) -> DayLog:
+        """
+        Write each message of a driver (or remote server) to a file per day
+        in C{directory}, C{YYYY-MM-DD.islog}, as indiserver's C{-l} does
+        (see L{indiserv.daylog}).
+        """
+        daylog = DayLog(directory, clock=self.reactor)
+        daylog.setServiceParent(self)
+        self.router.message_log = daylog.record
+        return daylog
 
     def send_message(self, message: str, timestamp: datetime | None = None) -> None:
         """Send a C{message} from the server to every client."""

@@ -211,3 +211,34 @@ def child_processes() -> list[tuple[int, str]]:
         if int(fields[1]) == me:
             children.append((int(entry), fields[0]))
     return children
+
+
+def when_logged(testcase: TestCase, matches: Callable[[dict], bool]) -> defer.Deferred[dict]:
+    """Fires with the first log event, from now on, that C{matches}."""
+    from twisted.logger import globalLogPublisher
+
+    found: defer.Deferred[dict] = defer.Deferred()
+
+    def observe(event: dict) -> None:
+        if not found.called and matches(event):
+            found.callback(event)
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return found
+
+
+def logged_text(event: dict) -> str:
+    """The text of a log event, its fields filled in."""
+    from twisted.logger import formatEvent
+
+    return formatEvent(event)
+
+
+def write_fifo(path: str, text: str) -> None:
+    """Write C{text} into the FIFO at C{path} as one writer, then close it (EOF for the reader)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

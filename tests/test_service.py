@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description
@@ -181,3 +181,75 @@ class ShutdownTests(TestCase):
         ))
         self.assertFalse(os.path.exists(f"/proc/{pid}"))
         self.assertEqual(child_processes(), [])
+
+
+class ExtraListenerTests(TestCase):
+    """add_listener: clients on a unix socket as well as on TCP."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def connect_unix(self, address: str):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+        from .support import TestClient
+
+        client = yield connectProtocol(UNIXClientEndpoint(reactor, address), TestClient())
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<pingRequest uid='unix'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        return client
+
+    @defer.inlineCallbacks
+    def check_unix(self, path: str, address: str):
+        from indiserv.service import unix_endpoint
+
+        server = yield serve(self, SIMULATOR_COMMAND, env=child_env())
+        server.add_listener(unix_endpoint(server.reactor, path))
+        client = yield self.connect_unix(address)
+        tcp_client = yield attached_client(self, server)
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertEqual(defined.device, SIMULATOR)
+        unix_label, tcp_label = sorted(
+            (link.label for link in server.router.clients), key=lambda label: "127.0.0.1:" in label
+        )
+        self.assertTrue(tcp_label.startswith("client 127.0.0.1:"), tcp_label)
+        self.assertRegex(unix_label, r"^client .+ fd \d+$")
+        return server, client, tcp_client
+
+    @defer.inlineCallbacks
+    def test_abstract_unix_socket(self):
+        """A client on an abstract unix socket (@name, what indiserver -u makes on Linux) is served as on TCP."""
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("abstract unix sockets are Linux only")
+        name = f"/tmp/indiserv-test-{os.getpid()}-{id(self)}"
+        yield self.check_unix("@" + name, "\0" + name)
+
+    @defer.inlineCallbacks
+    def test_unix_socket_file(self):
+        """A client on a unix socket file is served as on TCP."""
+        path = os.path.abspath(self.mktemp())
+        yield self.check_unix(path, path)
+
+    @defer.inlineCallbacks
+    def test_counts_towards_max_connections(self):
+        """Clients of both listeners share one connection limit."""
+        path = os.path.abspath(self.mktemp())
+        server = yield serve(self, maxconnections=1)
+        from indiserv.service import unix_endpoint
+
+        server.add_listener(unix_endpoint(server.reactor, path))
+        yield self.connect_unix(path)
+        refused = yield connect_client(server.port)
+        said = yield refused.wait_for(lambda m: m.tag == "message")
+        self.assertIn("full", said.attrs["message"])
+
+    def test_cannot_listen(self) -> None:
+        """A listener that cannot listen stops startup with an error."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "no-such-dir", "sock")
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_listener(f"unix:{path}")
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        self.assertRaises((CannotListenError, OSError), server.startService)
