@@ -9,6 +9,7 @@ import configparser
 import io
 import os
 import re
+import shlex
 import sys
 
 from twisted.internet import defer, reactor
@@ -205,6 +206,21 @@ class EntryPointTests(SynchronousTestCase):
         config.read(path)
         scripts = config["options.entry_points"]["console_scripts"]
         self.assertIn("indiserv = indiserv.cli:main", scripts.strip().splitlines())
+
+
+    def test_systemd_unit(self) -> None:
+        """The systemd unit in docs/ runs indiserv with a command line it accepts, FIFO included."""
+        path = os.path.join(PACKAGE_ROOT, "docs", "indiserv.service")
+        if not os.path.exists(path):
+            raise SkipTest("docs/ is not beside this indiserv (an installed copy)")
+        unit = configparser.ConfigParser(interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment, method-assign]
+        unit.read(path)
+        program, *args = shlex.split(unit["Service"]["ExecStart"])
+        self.assertEqual(os.path.basename(program), "indiserv")
+        translated = translate(args)
+        self.assertIn("--fifo", translated)
+        self.assertEqual(unit["Service"]["KillMode"], "mixed")
 
 
 LISTENING = rb"listening on .*port=(\d+)"
