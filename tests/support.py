@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from typing import Any, Callable
 
@@ -242,3 +243,17 @@ def write_fifo(path: str, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def executable_script(directory: str, name: str, command: str) -> str:
+    """An executable shell script C{directory/name} that runs C{command}; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec {command}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+#: indiserv's demo driver, as a shell command line.
+SIMULATOR_COMMAND_LINE = f"{sys.executable} -m indiserv.simulator"

@@ -16,7 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
 from indiserv.control import (
-    MAX_LINE,
     Command,
     CommandError,
     FifoError,
@@ -28,8 +27,10 @@ from indiserv.driver import DriverService
 from indiserv.remote import RemoteService
 
 from .support import (
+    SIMULATOR_COMMAND_LINE,
     attached_client,
     child_env,
+    executable_script,
     logged_text,
     require_programs,
     serve,
@@ -216,11 +217,7 @@ class ControlUnitTests(SynchronousTestCase):
     def test_prefix(self) -> None:
         """-p PREFIX runs PREFIX/bin/DRIVER with INDIPREFIX set."""
         prefix = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(prefix, "bin"))
-        program = os.path.join(prefix, "bin", "indi_mine")
-        with open(program, "w") as f:
-            f.write("#!/bin/sh\n")
-        os.chmod(program, 0o755)
+        program = executable_script(os.path.join(prefix, "bin"), "indi_mine", "true")
         self.control.line_received(f'start indi_mine -p "{prefix}"')
         (driver,) = self.drivers()
         self.assertEqual(driver.program, program)
@@ -349,13 +346,7 @@ class FifoInteropTests(TestCase):
     @defer.inlineCallbacks
     def test_refusals_logged(self):
         """An unknown verb and a duplicate start are refused with a log line; the driver keeps running."""
-        simulator = f"{sys.executable} -m indiserv.simulator"
-        bin_dir = os.path.abspath(self.mktemp())
-        os.makedirs(bin_dir)
-        script = os.path.join(bin_dir, "indiserv-test-simulator")
-        with open(script, "w") as f:
-            f.write(f"#!/bin/sh\nexec {simulator}\n")
-        os.chmod(script, 0o755)
+        script = executable_script(os.path.abspath(self.mktemp()), "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
         yield self.command(f"start {script}")
         yield self.client.wait_for(lambda m: m.device == SIMULATOR)
         event = yield self.command("frobnicate indiserv-test-simulator")

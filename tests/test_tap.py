@@ -21,7 +21,7 @@ from indiserv.daylog import DayLog
 from indiserv.service import IndiServer
 from indiserv.tap import Options, makeService
 
-from .support import PACKAGE_ROOT, child_env, connect_client
+from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script
 
 
 def parse(*argv: str) -> Options:
@@ -206,12 +206,7 @@ class TwistdSmokeTests(TestCase):
     @defer.inlineCallbacks
     def test_twistd_serves_driver(self):
         """twistd -n indiserver serves the demo driver to a TCP client and stops on SIGTERM."""
-        bin_dir = os.path.abspath(self.mktemp())
-        os.makedirs(bin_dir)
-        script = os.path.join(bin_dir, "indiserv-test-simulator")
-        with open(script, "w") as f:
-            f.write(f"#!/bin/sh\nexec {sys.executable} -m indiserv.simulator\n")
-        os.chmod(script, 0o755)
+        script = executable_script(os.path.abspath(self.mktemp()), "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
         output = _Collect(rb"listening on .*port=(\d+)")
         process = reactor.spawnProcess(
             output,
