@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import UNIXServerEndpoint, clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
@@ -30,7 +30,7 @@ from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "endpoint_description", "tls_options", "unix_endpoint", "SHUTDOWN_TEXT"]
+__all__ = ["IndiServer", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
 
@@ -47,6 +47,20 @@ def endpoint_description(port: int | str, host: str = "localhost") -> str:
         interface = host.replace(":", "\\:")
         return f"tcp:{int(port)}:interface={interface}"
     return str(port)
+
+
+def unix_description(path: str) -> str:
+    """
+    A Twisted server endpoint string for a unix socket at C{path}.
+    C{@name} is a socket in Linux's abstract namespace (no file; what
+    indiserver's C{-u} makes on Linux); anything else a socket file, whose
+    stale leftover from a crashed server is replaced.
+    """
+    abstract = path.startswith("@")
+    if abstract:
+        path = "\0" + path[1:]
+    escaped = path.replace("\\", "\\\\").replace(":", "\\:")
+    return f"unix:{escaped}:lockfile={0 if abstract else 1}"
 
 
 def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any:
@@ -67,16 +81,16 @@ def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any
     return server.options(authority)
 
 
-def unix_endpoint(reactor: Any, path: str) -> IStreamServerEndpoint:
-    """
-    A unix socket server endpoint at C{path}.  C{@name} is a socket in
-    Linux's abstract namespace (no file; what indiserver's C{-u} makes on
-    Linux); anything else a socket file, whose stale leftover from a
-    crashed server is replaced.
-    """
-    if path.startswith("@"):
-        return UNIXServerEndpoint(reactor, "\0" + path[1:])
-    return UNIXServerEndpoint(reactor, path, wantPID=True)
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """An endpoint wrapper that tells the server which port it got."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, server: IndiServer):
+        self._endpoint = endpoint
+        self._server = server
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self._endpoint.listen(factory).addCallback(self._server._listening)
 
 
 @implementer(IStreamServerEndpoint)
@@ -94,18 +108,6 @@ class _AnnouncingEndpoint:
     def _announce(self, port: IListeningPort) -> IListeningPort:
         self.log.info("listening on {address}", address=describe(port.getHost()))
         return port
-
-
-@implementer(IStreamServerEndpoint)
-class _ReportingEndpoint:
-    """An endpoint wrapper that tells the server which port it got."""
-
-    def __init__(self, endpoint: IStreamServerEndpoint, server: IndiServer):
-        self._endpoint = endpoint
-        self._server = server
-
-    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
-        return self._endpoint.listen(factory).addCallback(self._server._listening)
 
 
 class IndiServer(MultiService):
@@ -253,10 +255,10 @@ class IndiServer(MultiService):
         remote.setServiceParent(self)
         return remote
 
-    def add_listener(self, endpoint: IStreamServerEndpoint | str) -> Service:
+    def add_listener(self, endpoint: IStreamServerEndpoint | str) -> StreamServerEndpointService:
         """
         Also accept clients on C{endpoint} (an endpoint, or an endpoint
-        string), such as a local unix socket (L{unix_endpoint}).  They count
+        string), such as a local unix socket (L{unix_description}).  They count
         towards C{maxconnections} with the others.  If the server is
         running, it listens at once; one that cannot listen stops startup.
         """

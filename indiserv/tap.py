@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
 from indiserv.remote import parse_remote
-from indiserv.service import IndiServer, endpoint_description, tls_options, unix_endpoint
+from indiserv.service import IndiServer, endpoint_description, tls_options, unix_description
 from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
@@ -256,7 +256,7 @@ def add_operations(server: IndiServer, config: Options) -> None:
     FIFO that cannot be used stops startup before any driver starts.
     """
     if config["unix"]:
-        server.add_listener(unix_endpoint(server.reactor, config["unix"]))
+        server.add_listener(unix_description(config["unix"]))
     if config["log-dir"]:
         server.add_daylog(config["log-dir"])
     if config["fifo"]:

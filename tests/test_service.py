@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
-from indiserv.service import SHUTDOWN_TEXT, endpoint_description
+from indiserv.service import SHUTDOWN_TEXT, endpoint_description, unix_description
 
 from .support import attached_client, child_env, child_processes, client_of, connect_client, serve
 
@@ -35,6 +35,11 @@ class EndpointDescriptionTests(SynchronousTestCase):
     def test_endpoint_string(self) -> None:
         """Anything else is an endpoint string already."""
         self.assertEqual(endpoint_description("unix:/tmp/indi.sock"), "unix:/tmp/indi.sock")
+
+    def test_unix_description(self) -> None:
+        """A unix socket path becomes an endpoint string, colons escaped; @name is abstract, without a lock file."""
+        self.assertEqual(unix_description("/run/indi:1.sock"), "unix:/run/indi\\:1.sock:lockfile=1")
+        self.assertEqual(unix_description("@/tmp/indiserver"), "unix:\0/tmp/indiserver:lockfile=0")
 
 
 class IndiServerTests(TestCase):
@@ -203,10 +208,8 @@ class ExtraListenerTests(TestCase):
 
     @defer.inlineCallbacks
     def check_unix(self, path: str, address: str):
-        from indiserv.service import unix_endpoint
-
         server = yield serve(self, SIMULATOR_COMMAND, env=child_env())
-        server.add_listener(unix_endpoint(server.reactor, path))
+        server.add_listener(unix_description(path))
         client = yield self.connect_unix(address)
         tcp_client = yield attached_client(self, server)
         client.say(b"<getProperties version='1.7'/>")
@@ -238,9 +241,7 @@ class ExtraListenerTests(TestCase):
         """Clients of both listeners share one connection limit."""
         path = os.path.abspath(self.mktemp())
         server = yield serve(self, maxconnections=1)
-        from indiserv.service import unix_endpoint
-
-        server.add_listener(unix_endpoint(server.reactor, path))
+        server.add_listener(unix_description(path))
         yield self.connect_unix(path)
         refused = yield connect_client(server.port)
         said = yield refused.wait_for(lambda m: m.tag == "message")
