@@ -5,7 +5,9 @@ Tests for L{indiserv.service.IndiServer}: the public server object, over real TC
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
@@ -193,6 +195,12 @@ class ExtraListenerTests(TestCase):
 
     timeout = 30
 
+    def socket_path(self) -> str:
+        """A unix socket path short enough for sun_path (108 bytes), wherever the tests run."""
+        directory = tempfile.mkdtemp(prefix="indiserv-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "sock")
+
     @defer.inlineCallbacks
     def connect_unix(self, address: str):
         from twisted.internet import reactor
@@ -233,13 +241,13 @@ class ExtraListenerTests(TestCase):
     @defer.inlineCallbacks
     def test_unix_socket_file(self):
         """A client on a unix socket file is served as on TCP."""
-        path = os.path.abspath(self.mktemp())
+        path = self.socket_path()
         yield self.check_unix(path, path)
 
     @defer.inlineCallbacks
     def test_counts_towards_max_connections(self):
         """Clients of both listeners share one connection limit."""
-        path = os.path.abspath(self.mktemp())
+        path = self.socket_path()
         server = yield serve(self, maxconnections=1)
         server.add_listener(unix_description(path))
         yield self.connect_unix(path)
