@@ -9,6 +9,8 @@ step with the stream any more.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -28,12 +30,31 @@ CLIENT_LIMITS = Limits(max_element=DEFAULT_MAX_CLIENT_ELEMENT)
 
 
 def describe(address: IAddress) -> str:
-    """A short form of a peer address for logs: C{host:port} or the socket path."""
+    """
+    A short form of an address for logs: C{host:port}, or a unix socket's
+    path (an abstract one, Linux only, written C{@name}).
+    """
     host = getattr(address, "host", None)
     if host is not None:
         return f"{host}:{address.port}"  # type: ignore[attr-defined]
     name = getattr(address, "name", None)
-    return name.decode() if isinstance(name, bytes) else str(name or address)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if name and name.startswith("\0"):
+        return "@" + name[1:]
+    return str(name or address)
+
+
+def describe_peer(transport: Any) -> str:
+    """
+    The peer of C{transport} for logs.  A client on a unix socket has no
+    address of its own: it is named by the socket it came in on and its
+    file descriptor, as indiserver names clients.
+    """
+    peer = transport.getPeer()
+    if getattr(peer, "host", None) is not None or getattr(peer, "name", None):
+        return describe(peer)
+    return f"{describe(transport.getHost())} fd {transport.fileno()}"
 
 
 class ClientProtocol(Protocol, Link):
@@ -50,7 +71,7 @@ class ClientProtocol(Protocol, Link):
         self._closed: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
-        self.label = f"client {describe(self.transport.getPeer())}"
+        self.label = f"client {describe_peer(self.transport)}"
         if ITCPTransport.providedBy(self.transport):
             # A new*Vector round trip should cost microseconds, not Nagle's 40 ms.
             self.transport.setTcpNoDelay(True)
@@ -123,6 +144,8 @@ class ClientFactory(Factory):
     """Makes L{ClientProtocol}s, up to C{maxconnections} at once."""
 
     protocol = ClientProtocol
+    # "listening on ..." is logged by the server, once and in INDI terms.
+    noisy = False
 
     def __init__(
         self,

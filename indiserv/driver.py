@@ -257,6 +257,25 @@ class DriverService(Service):
         self._started_at = 0.0
         self._restart_call: Any = None
 
+    @property
+    def device(self) -> str | None:
+        """The device name the program was told to use (C{INDIDEV}), if any."""
+        return (os.environ if self.env is None else self.env).get("INDIDEV")
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices the running program serves now."""
+        protocol = self.protocol
+        if protocol is None:
+            return []
+        return [device for device, owner in self.router.owners.items() if owner is protocol]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the program runs, or is about to be restarted."""
+        restart = self._restart_call
+        return self.protocol is not None or (restart is not None and restart.active())
+
     def startService(self) -> None:
         super().startService()
         self.spawn()

@@ -74,6 +74,9 @@ class Router(Service):
     #: Seconds a peer that is draining may stay over max_queue (up to
     #: twice it) before it counts as too slow.
     burst_window = 5.0
+    #: Called with each message of device traffic from a driver or another
+    #: server, before it is routed (the per-day log of C{--log-dir}).
+    message_log: Callable[[Message, Link], None] | None = None
 
     def __init__(
         self,
@@ -405,6 +408,8 @@ class Router(Service):
         self._device_traffic(message, source)
 
     def _device_traffic(self, message: Message, source: Link) -> None:
+        if self.message_log is not None:
+            self.message_log(message, source)
         device = message.device
         if device is None and self._from_server(source):
             # Another server's own notices are for our clients only: passed

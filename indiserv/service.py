@@ -25,7 +25,9 @@ from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from indiserv.client import CLIENT_LIMITS, ClientFactory
+from indiserv.client import CLIENT_LIMITS, ClientFactory, describe
+from indiserv.control import FifoControl
+from indiserv.daylog import DayLog
 from indiserv.driver import DriverService
 from indiserv.inprocess import (
     IInProcessDriver,
@@ -56,6 +58,20 @@ def endpoint_description(port: int | str, host: str = "localhost") -> str:
         interface = host.replace(":", "\\:")
         return f"tcp:{int(port)}:interface={interface}"
     return str(port)
+
+
+def unix_description(path: str) -> str:
+    """
+    A Twisted server endpoint string for a unix socket at C{path}.
+    C{@name} is a socket in Linux's abstract namespace (no file; what
+    indiserver's C{-u} makes on Linux); anything else a socket file, whose
+    stale leftover from a crashed server is replaced.
+    """
+    abstract = path.startswith("@")
+    if abstract:
+        path = "\0" + path[1:]
+    escaped = path.replace("\\", "\\\\").replace(":", "\\:")
+    return f"unix:{escaped}:lockfile={0 if abstract else 1}"
 
 
 def tls_options(certificate: str, key: str, client_ca: str | None = None) -> Any:
@@ -150,6 +166,23 @@ class _ReportingEndpoint:
 
     def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
         return self._endpoint.listen(factory).addCallback(self._server._listening)
+
+
+@implementer(IStreamServerEndpoint)
+class _AnnouncingEndpoint:
+    """An endpoint wrapper that logs where it listens."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint):
+        self._endpoint = endpoint
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        return self._endpoint.listen(factory).addCallback(self._announce)
+
+    def _announce(self, port: IListeningPort) -> IListeningPort:
+        self.log.info("listening on {address}", address=describe(port.getHost()))
+        return port
 
 
 class IndiServer(MultiService):
@@ -254,13 +287,19 @@ class IndiServer(MultiService):
         self.listening.callback(port)
         return port
 
-    def add_exdriver(self, program: str, *args: str) -> DriverService:
-        """Serve the executable driver C{program}, run with C{args}."""
+    def add_exdriver(
+        self, program: str, *args: str, env: dict[str, str] | None = None
+    ) -> DriverService:
+        """
+        Serve the executable driver C{program}, run with C{args} in the
+        environment C{env} (L{None}: this process's).
+        """
         driver = DriverService(
             self.router,
             program,
             args,
             reactor=self.reactor,
+            env=env,
             restarts=self.restarts,
             limits=self.driver_limits,
         )
@@ -333,6 +372,46 @@ class IndiServer(MultiService):
         )
         remote.setServiceParent(self)
         return remote
+
+    def add_listener(self, endpoint: IStreamServerEndpoint | str) -> StreamServerEndpointService:
+        """
+        Also accept clients on C{endpoint} (an endpoint, or an endpoint
+        string), such as a local unix socket (L{unix_description}).  They count
+        towards C{maxconnections} with the others.  If the server is
+        running, it listens at once; one that cannot listen stops startup.
+        """
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(self.reactor, endpoint)
+        listener = StreamServerEndpointService(_AnnouncingEndpoint(endpoint), self.factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(self)
+        return listener
+
+    def add_fifo(
+        self, path: str, env: dict[str, str] | None = None, remote_blobs: bool = False
+    ) -> FifoControl:
+        """
+        Start and stop drivers and remote links as told by the lines written
+        into the FIFO C{path}, as indiserver's C{-f} does (see
+        L{indiserv.control}).  Drivers started from it begin with the
+        environment C{env} (L{None}: this process's); BLOBs cross the links
+        it makes with C{remote_blobs}.  A FIFO that cannot be made or opened
+        stops startup with a L{indiserv.control.FifoError}.
+        """
+        control = FifoControl(self, path, env=env, remote_blobs=remote_blobs)
+        control.setServiceParent(self)
+        return control
+
+    def add_daylog(self, directory: str) -> DayLog:
+        """
+        Write each message of a driver (or remote server) to a file per day
+        in C{directory}, C{YYYY-MM-DD.islog}, as indiserver's C{-l} does
+        (see L{indiserv.daylog}).
+        """
+        daylog = DayLog(directory, clock=self.reactor)
+        daylog.setServiceParent(self)
+        self.router.message_log = daylog.record
+        return daylog
 
     def send_message(self, message: str, timestamp: datetime | None = None) -> None:
         """Send a C{message} from the server to every client."""

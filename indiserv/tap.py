@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
 from indiserv.remote import parse_remote
-from indiserv.service import IndiServer, endpoint_description, tls_options
+from indiserv.service import IndiServer, endpoint_description, tls_options, unix_description
 from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
@@ -71,10 +71,35 @@ class Options(usage.Options):
         ],
         [
             "max-stream",
-            None,
+            "d",
             5.0,
-            "MB behind after which a client skips video stream BLOB frames.",
+            "MB behind after which a client skips video stream BLOB frames;"
+            " 0 never skips them.",
             float,
+        ],
+        [
+            "fifo",
+            "f",
+            None,
+            "Start and stop drivers as told by lines written into this FIFO"
+            " (made, mode 0600, if missing), as with indiserver -f:"
+            ' start DRIVER [-n "device"] [-c "config"] [-s "skeleton"]'
+            ' [-p "prefix"], stop DRIVER [-n "device"], start|stop'
+            " [device]@host[:port].",
+        ],
+        [
+            "log-dir",
+            "l",
+            None,
+            "Write the messages of drivers to DIR/YYYY-MM-DD.islog, as with"
+            " indiserver -l.",
+        ],
+        [
+            "unix",
+            None,
+            None,
+            "Also accept clients on this unix socket path; @NAME is a Linux"
+            " abstract socket, which is what indiserver -u makes.",
         ],
         [
             "max-client-message",
@@ -164,9 +189,10 @@ class Options(usage.Options):
             raise usage.UsageError("--keepalive cannot be negative")
         if self["restarts"] < 0:
             raise usage.UsageError("--restarts cannot be negative")
+        if self["max-stream"] < 0:
+            raise usage.UsageError("--max-stream cannot be negative")
         for option in (
             "max-queue",
-            "max-stream",
             "max-client-message",
             "max-driver-message",
             "max-attributes",
@@ -237,7 +263,7 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         verbose=config["verbose"],
         restarts=config["restarts"],
         max_queue=megabytes(config["max-queue"]),
-        max_stream=megabytes(config["max-stream"]),
+        max_stream=megabytes(config["max-stream"]) or sys.maxsize,  # 0: never skip
         client_limits=Limits(megabytes(config["max-client-message"]), **shape),
         driver_limits=Limits(megabytes(config["max-driver-message"]), **shape),
         tls=(
@@ -247,8 +273,23 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         ),
     )
     server.keepalive = config["keepalive"]
+    add_operations(server, config)
     for program, *args in config["drivers"]:
         server.add_exdriver(program, *args)
     for device, host, port in config["remotes"]:
         server.add_remote(host, port, bool(config["remote-blobs"]), device=device)
     return server
+
+
+def add_operations(server: IndiServer, config: Options) -> None:
+    """
+    Give C{server} what C{--unix}, C{--log-dir} and C{--fifo} ask for.
+    Called before the drivers are added, so that a socket, directory or
+    FIFO that cannot be used stops startup before any driver starts.
+    """
+    if config["unix"]:
+        server.add_listener(unix_description(config["unix"]))
+    if config["log-dir"]:
+        server.add_daylog(config["log-dir"])
+    if config["fifo"]:
+        server.add_fifo(config["fifo"], remote_blobs=bool(config["remote-blobs"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from typing import Any, Callable
 
@@ -212,3 +213,48 @@ def child_processes(parent: int | None = None) -> list[tuple[int, str]]:
         if int(fields[1]) == me:
             children.append((int(entry), fields[0]))
     return children
+
+
+def when_logged(testcase: TestCase, matches: Callable[[dict], bool]) -> defer.Deferred[dict]:
+    """Fires with the first log event, from now on, that C{matches}."""
+    from twisted.logger import globalLogPublisher
+
+    found: defer.Deferred[dict] = defer.Deferred()
+
+    def observe(event: dict) -> None:
+        if not found.called and matches(event):
+            found.callback(event)
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return found
+
+
+def logged_text(event: dict) -> str:
+    """The text of a log event, its fields filled in."""
+    from twisted.logger import formatEvent
+
+    return formatEvent(event)
+
+
+def write_fifo(path: str, text: str) -> None:
+    """Write C{text} into the FIFO at C{path} as one writer, then close it (EOF for the reader)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def executable_script(directory: str, name: str, command: str) -> str:
+    """An executable shell script C{directory/name} that runs C{command}; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec {command}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+#: indiserv's demo driver, as a shell command line.
+SIMULATOR_COMMAND_LINE = f"{sys.executable} -m indiserv.simulator"

@@ -125,6 +125,25 @@ class DriverServiceUnitTests(SynchronousTestCase):
         self.assertTrue(any("indi_no_such_driver" in str(e.get("why")) for e in logged))
 
 
+    def test_device_from_indidev(self) -> None:
+        """device is the INDIDEV the program is given, or None."""
+        self.assertIsNone(DriverService(self.router, "sh", env={}).device)
+        self.assertEqual(DriverService(self.router, "sh", env={"INDIDEV": "Scope"}).device, "Scope")
+
+    def test_devices_and_alive(self) -> None:
+        """devices lists what the running program announced; alive holds while it runs or a restart is due."""
+        self.assertFalse(self.service.alive)
+        self.service.startService()
+        self.assertTrue(self.service.alive)
+        self.service.protocol.bytes_received(b"<message device='Scope' message='hi'/>")
+        self.assertEqual(self.service.devices, ["Scope"])
+        end(self.service)
+        self.assertEqual(self.service.devices, [])
+        self.assertTrue(self.service.alive)  # a restart is due
+        self.service.stopService()
+        self.assertFalse(self.service.alive)
+
+
 def end(service: DriverService, code: int = 1) -> None:
     """Make the fake driver process of C{service} exit with C{code}."""
     service.protocol.processEnded(Failure(ProcessTerminated(exitCode=code)))

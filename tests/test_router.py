@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from indiserv.link import CLIENT, DRIVER
@@ -340,3 +340,34 @@ class SendMessageTests(RouterTestCase):
         for client in (self.alice, self.bob):
             self.assertEqual(client.received[0].attrs["message"], "Dome closing")
         self.assertEqual(self.telescope.tags(), [])
+
+
+class VerbosityTests(SynchronousTestCase):
+    """-v key events, -vv a line per message, -vvv its XML; each line names the link."""
+
+    def lines(self, verbose: int) -> list[str]:
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        router = Router(clock=Clock(), verbose=verbose)
+        driver = RecordingLink(DRIVER, "driver indi_telescope")
+        router.add_link(driver)
+        driver.say(TELESCOPE_SET)
+        return [formatEvent(event) for event in logged]
+
+    def test_quiet(self) -> None:
+        """Without -v the router logs nothing of routine traffic."""
+        self.assertEqual(self.lines(0), [])
+
+    def test_key_events(self) -> None:
+        """-v logs links coming and devices appearing, naming the link, and no message lines."""
+        self.assertEqual(
+            self.lines(1),
+            ["driver indi_telescope attached", "driver indi_telescope owns device Telescope"],
+        )
+
+    def test_message_summaries(self) -> None:
+        """-vv adds one line per message: its source, tag, device and property."""
+        self.assertIn("driver indi_telescope: setNumberVector Telescope.EQ", self.lines(2))
+
+    def test_full_xml(self) -> None:
+        """-vvv logs each message's XML with its source."""
+        self.assertIn(f"driver indi_telescope: {TELESCOPE_SET.decode()}", self.lines(3))

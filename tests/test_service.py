@@ -5,16 +5,18 @@ Tests for L{indiserv.service.IndiServer}: the public server object, over real TC
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
-from indiserv.service import SHUTDOWN_TEXT, endpoint_description
+from indiserv.service import SHUTDOWN_TEXT, endpoint_description, unix_description
 
 from .support import (
     PACKAGE_ROOT,
@@ -44,6 +46,11 @@ class EndpointDescriptionTests(SynchronousTestCase):
     def test_endpoint_string(self) -> None:
         """Anything else is an endpoint string already."""
         self.assertEqual(endpoint_description("unix:/tmp/indi.sock"), "unix:/tmp/indi.sock")
+
+    def test_unix_description(self) -> None:
+        """A unix socket path becomes an endpoint string, colons escaped; @name is abstract, without a lock file."""
+        self.assertEqual(unix_description("/run/indi:1.sock"), "unix:/run/indi\\:1.sock:lockfile=1")
+        self.assertEqual(unix_description("@/tmp/indiserver"), "unix:\0/tmp/indiserver:lockfile=0")
 
 
 class IndiServerTests(TestCase):
@@ -241,3 +248,77 @@ class ShutdownTests(TestCase):
         ))
         self.assertFalse(os.path.exists(f"/proc/{pid}"))
         self.assertEqual(child_processes(), [])
+
+
+class ExtraListenerTests(TestCase):
+    """add_listener: clients on a unix socket as well as on TCP."""
+
+    timeout = 30
+
+    def socket_path(self) -> str:
+        """A unix socket path short enough for sun_path (108 bytes), wherever the tests run."""
+        directory = tempfile.mkdtemp(prefix="indiserv-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "sock")
+
+    @defer.inlineCallbacks
+    def connect_unix(self, address: str):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+        from .support import TestClient
+
+        client = yield connectProtocol(UNIXClientEndpoint(reactor, address), TestClient())
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<pingRequest uid='unix'/>")
+        yield client.wait_for(lambda m: m.tag == "pingReply")
+        return client
+
+    @defer.inlineCallbacks
+    def check_unix(self, path: str, address: str):
+        server = yield serve(self, SIMULATOR_COMMAND, env=child_env())
+        server.add_listener(unix_description(path))
+        client = yield self.connect_unix(address)
+        tcp_client = yield attached_client(self, server)
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertEqual(defined.device, SIMULATOR)
+        unix_label, tcp_label = sorted(
+            (link.label for link in server.router.clients), key=lambda label: "127.0.0.1:" in label
+        )
+        self.assertTrue(tcp_label.startswith("client 127.0.0.1:"), tcp_label)
+        self.assertRegex(unix_label, r"^client .+ fd \d+$")
+        return server, client, tcp_client
+
+    @defer.inlineCallbacks
+    def test_abstract_unix_socket(self):
+        """A client on an abstract unix socket (@name, what indiserver -u makes on Linux) is served as on TCP."""
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("abstract unix sockets are Linux only")
+        name = f"/tmp/indiserv-test-{os.getpid()}-{id(self)}"
+        yield self.check_unix("@" + name, "\0" + name)
+
+    @defer.inlineCallbacks
+    def test_unix_socket_file(self):
+        """A client on a unix socket file is served as on TCP."""
+        path = self.socket_path()
+        yield self.check_unix(path, path)
+
+    @defer.inlineCallbacks
+    def test_counts_towards_max_connections(self):
+        """Clients of both listeners share one connection limit."""
+        path = self.socket_path()
+        server = yield serve(self, maxconnections=1)
+        server.add_listener(unix_description(path))
+        yield self.connect_unix(path)
+        refused = yield connect_client(server.port)
+        said = yield refused.wait_for(lambda m: m.tag == "message")
+        self.assertIn("full", said.attrs["message"])
+
+    def test_cannot_listen(self) -> None:
+        """A listener that cannot listen stops startup with an error."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "no-such-dir", "sock")
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_listener(f"unix:{path}")
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        self.assertRaises((CannotListenError, OSError), server.startService)

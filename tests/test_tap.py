@@ -16,10 +16,12 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from indiserv.control import FifoControl
+from indiserv.daylog import DayLog
 from indiserv.service import IndiServer
 from indiserv.tap import Options, makeService
 
-from .support import PACKAGE_ROOT, child_env, connect_client
+from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script
 
 
 def parse(*argv: str) -> Options:
@@ -135,6 +137,28 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(drivers), 1)
 
 
+    def test_operations_options(self) -> None:
+        """--fifo/-f, --log-dir/-l and --unix add their services before the drivers, so they fail first."""
+        fifo, logs = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        options = parse("--port", "0", "-f", fifo, "--log-dir", logs, "--unix", "@indiserv-tap-test", "sh")
+        self.assertEqual((options["fifo"], options["log-dir"], options["unix"]), (fifo, logs, "@indiserv-tap-test"))
+        server = makeService(options)
+        kinds = [type(child).__name__ for child in server]
+        self.assertEqual(
+            kinds[kinds.index("Router") + 1 :],
+            ["StreamServerEndpointService", "DayLog", "FifoControl", "DriverService"],
+        )
+        self.assertEqual(server.router.message_log, [c for c in server if isinstance(c, DayLog)][0].record)
+        control = [c for c in server if isinstance(c, FifoControl)][0]
+        self.assertEqual(control.path, fifo)
+
+    def test_no_stream_skipping(self) -> None:
+        """-d/--max-stream 0 never skips stream frames, as with indiserver -d 0."""
+        self.assertEqual(makeService(parse("--port", "0", "-d", "0")).router.max_stream, sys.maxsize)
+        self.assertEqual(makeService(parse("--port", "0", "-d", "2")).router.max_stream, 2 * 1024 * 1024)
+        self.assertRaises(UsageError, parse, "--max-stream", "-1")
+
+
 class PluginTests(SynchronousTestCase):
     def test_discovered(self) -> None:
         """twistd finds the indiserver plugin and it provides IServiceMaker."""
@@ -164,6 +188,8 @@ class _Collect(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: object) -> None:
+        #: How it ended: ProcessDone, or ProcessTerminated with exitCode.
+        self.reason = reason
         if not self.seen.called:
             self.seen.errback(AssertionError(self.output.decode("utf-8", "replace")))
         self.ended.callback(None)
@@ -180,12 +206,7 @@ class TwistdSmokeTests(TestCase):
     @defer.inlineCallbacks
     def test_twistd_serves_driver(self):
         """twistd -n indiserver serves the demo driver to a TCP client and stops on SIGTERM."""
-        bin_dir = os.path.abspath(self.mktemp())
-        os.makedirs(bin_dir)
-        script = os.path.join(bin_dir, "indiserv-test-simulator")
-        with open(script, "w") as f:
-            f.write(f"#!/bin/sh\nexec {sys.executable} -m indiserv.simulator\n")
-        os.chmod(script, 0o755)
+        script = executable_script(os.path.abspath(self.mktemp()), "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
         output = _Collect(rb"listening on .*port=(\d+)")
         process = reactor.spawnProcess(
             output,

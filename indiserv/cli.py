@@ -1,0 +1,191 @@
+"""
+The C{indiserv} command: indiserver's own command line.
+
+Astronomy software (web managers, KStars in local mode, scripts) starts
+C{indiserver [options] driver [driver ...]} by name.  This command accepts
+exactly that command line, translates it into the options of the twistd
+plugin (L{indiserv.tap.Options}), builds the same service with
+L{indiserv.tap.makeService} and runs it, logging to stderr in indiserver's
+manner.  Installed under the name C{indiserver} (see docs/operations.rst),
+it stands in for indiserver without any change to those tools.
+
+As with indiserver: options come first, and parsing stops at the first
+argument that does not begin with C{-}; letters may be combined, each
+taking its value from the next argument (C{-vvm 64}); clients may connect
+on every interface; an unknown option, or neither a driver nor C{-f},
+prints the usage and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Any, NoReturn
+
+from twisted.internet import defer
+from twisted.internet.task import react
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    Logger,
+    eventAsText,
+    globalLogBeginner,
+)
+from twisted.python import usage
+from zope.interface import provider
+
+import indiserv
+from indiserv.service import IndiServer
+from indiserv.tap import Options, makeService
+
+__all__ = ["main", "translate", "parse", "usage_text", "indiserver_observer"]
+
+#: indiserver's options that take a value: the twistd option each becomes,
+#: and what the value is, for the message when it is missing.
+VALUE_OPTIONS = {
+    "l": ("--log-dir", "a log directory"),
+    "m": ("--max-queue", "max MB behind"),
+    "d": ("--max-stream", "max stream MB behind"),
+    "u": ("--unix", "a local socket path"),
+    "p": ("--port", "a port number"),
+    "r": ("--restarts", "a number of restarts"),
+    "f": ("--fifo", "a FIFO path"),
+}
+
+#: What the command sets that indiserver does without being asked: clients
+#: on every interface, and room for many of them (indiserver has no limit;
+#: Ekos opens a connection per driver).
+DEFAULTS = ["--host", "0.0.0.0", "--max-connections", "100"]
+
+USAGE = """\
+Usage: {program} [options] driver [driver ...]
+Purpose: INDI server for local and remote drivers (indiserv {version}, INDI protocol 1.7)
+Options:
+ -l d     : write driver messages to <d>/YYYY-MM-DD.islog
+ -m m     : disconnect a client more than m MB behind, default 128
+ -d m     : skip streaming BLOBs to a client more than m MB behind, default 5; 0 never skips
+ -u path  : also listen on this local socket (abstract on Linux); default none
+ -p p     : TCP port, default 7624
+ -r r     : restarts of a failing driver, default 10
+ -f path  : FIFO to start and stop drivers through (made if missing)
+ -v       : log key events
+ -vv      : -v and a line per message
+ -vvv     : -vv and each message's XML
+driver    : executable or [device]@host[:port]
+Also: twistd -n indiserver --help (the same server, with long options).
+"""
+
+
+def usage_text(program: str) -> str:
+    """The usage message, naming the command as it was invoked."""
+    return USAGE.format(program=program, version=indiserv.__version__)
+
+
+def translate(args: list[str]) -> list[str]:
+    """
+    The twistd plugin's arguments for indiserver's C{args} (the command line
+    without the program name).
+
+    @raise usage.UsageError: an unknown option, an option without its
+        value, or neither a driver nor a FIFO.
+    """
+    translated = list(DEFAULTS)
+    index = 0
+    while index < len(args) and args[index].startswith("-"):
+        letters = args[index][1:]
+        index += 1
+        for letter in letters:
+            if letter == "v":
+                translated.append("--verbose")
+                continue
+            if letter not in VALUE_OPTIONS:
+                raise usage.UsageError(f"unknown option -{letter}")
+            option, what = VALUE_OPTIONS[letter]
+            if index >= len(args):
+                raise usage.UsageError(f"-{letter} requires {what}")
+            value = args[index]
+            index += 1
+            translated += [option, _value(letter, value)]
+    drivers = args[index:]
+    if not drivers and "--fifo" not in translated:
+        raise usage.UsageError("no drivers to run and no FIFO (-f) to take them from")
+    return [*translated, "--", *drivers]
+
+
+def _value(letter: str, value: str) -> str:
+    if letter in "pr":
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"-{letter} requires a whole number, not {value!r}")
+        # indiserver takes a negative restart count for none.
+        return str(max(number, 0))
+    if letter == "u" and sys.platform.startswith("linux"):
+        # indiserver listens in Linux's abstract namespace.
+        return "@" + value
+    return value
+
+
+def parse(args: list[str]) -> Options:
+    """The plugin's L{Options} for indiserver's command line C{args}."""
+    options = Options()
+    options.parseOptions(translate(args))
+    return options
+
+
+def indiserver_observer(stream: IO[str], verbose: int = 0) -> ILogObserver:
+    """
+    A log observer writing events to C{stream} as indiserver writes its log:
+    C{YYYY-MM-DDTHH:MM:SS: text}, in UTC.  Debug events only with C{-vvv}.
+    """
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.debug and verbose < 3:
+            return
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time")))
+        stream.write(f"{when}: {text}\n")
+        stream.flush()
+
+    return observe
+
+
+_log = Logger(namespace="indiserv.cli")
+
+
+def serve(reactor: Any, server: IndiServer) -> defer.Deferred[None]:
+    """
+    Run C{server} until the reactor stops (SIGTERM, SIGINT); fail with
+    C{SystemExit(1)} if it cannot start.
+    """
+    try:
+        server.startService()
+    except Exception as e:
+        _log.error("cannot start: {why}", why=e)
+        _log.error("good bye")
+        return defer.fail(SystemExit(1))
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    return server.stopped
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The C{indiserv} console script: C{indiserv [options] driver [driver ...]}."""
+    argv = list(sys.argv if argv is None else argv)
+    program = os.path.basename(argv[0]) if argv else "indiserv"
+    try:
+        options = parse(argv[1:])
+    except usage.UsageError as e:
+        sys.stderr.write(f"{program}: {e}\n{usage_text(program)}")
+        sys.exit(2)
+    globalLogBeginner.beginLoggingTo(
+        [indiserver_observer(sys.stderr, options["verbose"])], redirectStandardIO=False
+    )
+    _log.info("startup: {argv}", argv=" ".join(argv))
+    server = makeService(options)
+    react(serve, [server])
+
+
+if __name__ == "__main__":
+    main(["indiserv", *sys.argv[1:]])

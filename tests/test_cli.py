@@ -1,0 +1,328 @@
+"""
+Tests for L{indiserv.cli}: the indiserv command, which takes indiserver's
+command line and runs the twistd plugin's service.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import os
+import re
+import shlex
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from indiserv import cli
+from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
+from indiserv.tap import Options, makeService
+
+from .support import PACKAGE_ROOT, TestClient, child_env, require_programs, write_fifo
+from .test_tap import _Collect
+
+ABSTRACT = sys.platform.startswith("linux")
+
+
+def drivers_of(translated: list[str]) -> list[str]:
+    return translated[translated.index("--") + 1 :]
+
+
+def options_of(translated: list[str]) -> list[str]:
+    return translated[len(DEFAULTS) : translated.index("--")]
+
+
+class TranslateTests(SynchronousTestCase):
+    def test_drivers(self) -> None:
+        """Every argument after the options is a driver or [device]@host[:port]; clients may come from anywhere."""
+        translated = translate(["indi_simulator_telescope", "CCD Simulator@far:7700"])
+        self.assertEqual(drivers_of(translated), ["indi_simulator_telescope", "CCD Simulator@far:7700"])
+        self.assertEqual(options_of(translated), [])
+        self.assertEqual(translated[:4], ["--host", "0.0.0.0", "--max-connections", "100"])
+
+    def test_each_option(self) -> None:
+        """-p -m -d -r -f -l -u become the plugin's long options."""
+        translated = translate(
+            ["-p", "7000", "-m", "64", "-d", "0", "-r", "3", "-f", "/run/fifo", "-l", "/var/log/indi",
+             "-u", "/tmp/sock", "drv"]
+        )
+        self.assertEqual(
+            options_of(translated),
+            ["--port", "7000", "--max-queue", "64", "--max-stream", "0", "--restarts", "3",
+             "--fifo", "/run/fifo", "--log-dir", "/var/log/indi",
+             "--unix", "@/tmp/sock" if ABSTRACT else "/tmp/sock"],
+        )
+
+    def test_combined_letters(self) -> None:
+        """Letters combine, each value coming from the next argument in turn (-vvm 64, -mp 64 7000)."""
+        self.assertEqual(
+            options_of(translate(["-vvm", "64", "drv"])),
+            ["--verbose", "--verbose", "--max-queue", "64"],
+        )
+        self.assertEqual(
+            options_of(translate(["-mp", "64", "7000", "-v", "drv"])),
+            ["--max-queue", "64", "--port", "7000", "--verbose"],
+        )
+
+    def test_value_never_attached(self) -> None:
+        """As with indiserver, -p7000 is -p with the next argument, then the unknown option -7."""
+        error = self.assertRaises(UsageError, translate, ["-p7000", "7000", "drv"])
+        self.assertEqual(str(error), "unknown option -7")
+
+    def test_options_end_at_first_driver(self) -> None:
+        """Parsing stops at the first argument without a dash; a lone - is no option at all."""
+        translated = translate(["-", "-v", "drv", "-v"])
+        self.assertEqual(options_of(translated), ["--verbose"])
+        self.assertEqual(drivers_of(translated), ["drv", "-v"])
+
+    def test_unknown_options(self) -> None:
+        """Unknown letters, and long options, are usage errors naming the letter."""
+        self.assertEqual(str(self.assertRaises(UsageError, translate, ["-x", "drv"])), "unknown option -x")
+        self.assertEqual(str(self.assertRaises(UsageError, translate, ["--port", "1", "d"])), "unknown option --")
+
+    def test_missing_value(self) -> None:
+        """An option whose value is missing says what it needs."""
+        error = self.assertRaises(UsageError, translate, ["-f"])
+        self.assertEqual(str(error), "-f requires a FIFO path")
+
+    def test_numbers(self) -> None:
+        """-p and -r take whole numbers; a negative -r means no restarts, as with indiserver."""
+        self.assertEqual(options_of(translate(["-r", "-3", "drv"])), ["--restarts", "0"])
+        error = self.assertRaises(UsageError, translate, ["-p", "seven", "drv"])
+        self.assertIn("'seven'", str(error))
+
+    def test_nothing_to_serve(self) -> None:
+        """No drivers and no FIFO is a usage error saying so; a FIFO alone will do."""
+        for args in ([], ["-v", "-p", "7000"]):
+            error = self.assertRaises(UsageError, translate, args)
+            self.assertIn("no drivers", str(error))
+        self.assertEqual(drivers_of(translate(["-f", "/run/fifo"])), [])
+
+
+class ParseTests(SynchronousTestCase):
+    def test_plugin_options(self) -> None:
+        """The result is the twistd plugin's Options, filled as the long form would fill them."""
+        fifo = os.path.abspath(self.mktemp())
+        options = parse(["-vv", "-p", "7000", "-m", "64", "-d", "2", "-r", "3", "-f", fifo, "sh"])
+        self.assertIsInstance(options, Options)
+        self.assertEqual(options["endpoint"], "tcp:7000:interface=0.0.0.0")
+        self.assertEqual(
+            (options["verbose"], options["max-queue"], options["max-stream"], options["restarts"], options["fifo"]),
+            (2, 64, 2, 3, fifo),
+        )
+        self.assertEqual(options["drivers"], [["sh"]])
+        self.assertEqual(options["max-connections"], 100)
+
+    def test_same_service_as_twistd(self) -> None:
+        """makeService builds the same server from the short form as twistd does from the long form."""
+        fifo = os.path.abspath(self.mktemp())
+        ours = makeService(parse(["-v", "-p", "7000", "-d", "0", "-f", fifo, "sh", "@far:7700"]))
+        long_form = Options()
+        long_form.parseOptions(
+            ["--host", "0.0.0.0", "--max-connections", "100", "--verbose", "--port", "7000",
+             "--max-stream", "0", "--fifo", fifo, "sh", "@far:7700"]
+        )
+        theirs = makeService(long_form)
+        shape = lambda server: (  # noqa: E731
+            [type(child).__name__ for child in server],
+            server.host, server.port, server.maxconnections, server.router.verbose,
+            server.router.max_queue, server.router.max_stream,
+        )
+        self.assertEqual(shape(ours), shape(theirs))
+
+    def test_driver_checked(self) -> None:
+        """A driver that is not on PATH is a usage error, before anything starts."""
+        error = self.assertRaises(UsageError, parse, ["indi_no_such_driver"])
+        self.assertIn("indi_no_such_driver", str(error))
+
+
+class MainUsageTests(SynchronousTestCase):
+    def run_main(self, *args: str) -> tuple[int, str]:
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        exited = self.assertRaises(SystemExit, cli.main, ["/usr/local/bin/indiserver", *args])
+        return exited.code, stderr.getvalue()
+
+    def test_unknown_option(self) -> None:
+        """An unknown option prints indiserver-style usage under the invoked name and exits 2."""
+        code, text = self.run_main("-x", "indi_simulator_telescope")
+        self.assertEqual(code, 2)
+        self.assertTrue(text.startswith("indiserver: unknown option -x\nUsage: indiserver [options] driver [driver ...]\n"), text)
+        for flag in ("-l d", "-m m", "-d m", "-u path", "-p p", "-r r", "-f path", "-v", "-vv", "-vvv"):
+            self.assertIn(f"\n {flag} ", text)
+        self.assertIn("\ndriver    : executable or [device]@host[:port]\n", text)
+
+    def test_nothing_to_serve(self) -> None:
+        """With no drivers and no FIFO it says so, prints the usage and exits 2, as indiserver exits."""
+        code, text = self.run_main("-v")
+        self.assertEqual(code, 2)
+        self.assertIn("no drivers to run and no FIFO (-f)", text)
+        self.assertIn("Usage: indiserver", text)
+
+
+class ObserverTests(SynchronousTestCase):
+    def lines(self, verbose: int, **event: object) -> str:
+        stream = io.StringIO()
+        event.setdefault("log_level", LogLevel.info)
+        event.setdefault("log_time", 1795910398.5)
+        indiserver_observer(stream, verbose)(event)
+        return stream.getvalue()
+
+    def test_format(self) -> None:
+        """Lines read TIMESTAMP: TEXT with the UTC time, as indiserver's log lines do."""
+        self.assertEqual(
+            self.lines(0, log_format="driver {name} attached", name="indi_x"),
+            "2026-11-28T23:59:58: driver indi_x attached\n",
+        )
+
+    def test_debug_only_at_vvv(self) -> None:
+        """Debug events show only with -vvv."""
+        self.assertEqual(self.lines(2, log_level=LogLevel.debug, log_format="dropped"), "")
+        self.assertIn("dropped", self.lines(3, log_level=LogLevel.debug, log_format="dropped"))
+
+    def test_failure_traceback(self) -> None:
+        """A logged failure comes with its traceback."""
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        text = self.lines(0, log_level=LogLevel.critical, log_format="oops", log_failure=failure)
+        self.assertIn("ZeroDivisionError", text)
+
+
+class EntryPointTests(SynchronousTestCase):
+    def test_console_script(self) -> None:
+        """setup.cfg installs the indiserv command as indiserv.cli:main."""
+        path = os.path.join(PACKAGE_ROOT, "setup.cfg")
+        if not os.path.exists(path):
+            raise SkipTest("setup.cfg is not beside this indiserv (an installed copy)")
+        config = configparser.ConfigParser()
+        config.read(path)
+        scripts = config["options.entry_points"]["console_scripts"]
+        self.assertIn("indiserv = indiserv.cli:main", scripts.strip().splitlines())
+
+
+    def test_systemd_unit(self) -> None:
+        """The systemd unit in docs/ runs indiserv with a command line it accepts, FIFO included."""
+        path = os.path.join(PACKAGE_ROOT, "docs", "indiserv.service")
+        if not os.path.exists(path):
+            raise SkipTest("docs/ is not beside this indiserv (an installed copy)")
+        unit = configparser.ConfigParser(interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment, method-assign]
+        unit.read(path)
+        program, *args = shlex.split(unit["Service"]["ExecStart"])
+        self.assertEqual(os.path.basename(program), "indiserv")
+        translated = translate(args)
+        self.assertIn("--fifo", translated)
+        self.assertEqual(unit["Service"]["KillMode"], "mixed")
+
+
+LISTENING = rb"listening on .*port=(\d+)"
+
+
+class CommandTests(TestCase):
+    """The command as tools run it: a real process, real drivers, real clients."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.env = child_env(HOME=self.home)
+
+    def indiserv(self, *args: str, pattern: bytes = LISTENING) -> _Collect:
+        """Run C{indiserv ARGS}; stopped with SIGTERM when the test ends."""
+        watch = _Collect(pattern)
+        process = reactor.spawnProcess(
+            watch, sys.executable, [sys.executable, "-m", "indiserv.cli", *args], env=self.env, path=self.home
+        )
+        watch.process = process
+
+        def stop() -> defer.Deferred[None]:
+            if not watch.ended.called:
+                process.signalProcess("TERM")
+            return watch.ended
+
+        self.addCleanup(stop)
+        return watch
+
+    @defer.inlineCallbacks
+    def stop(self, watch: _Collect):
+        """SIGTERM, then the exit status."""
+        watch.process.signalProcess("TERM")
+        yield watch.ended
+        return getattr(watch.reason.value, "exitCode", None)
+
+    @defer.inlineCallbacks
+    def getprop(self, port: int, spec: str):
+        out, err, code = yield getProcessOutputAndValue(
+            "indi_getprop", ["-h", "127.0.0.1", "-p", str(port), "-t", "2", spec], env=self.env
+        )
+        return code, out.decode().splitlines()
+
+    @defer.inlineCallbacks
+    def test_serves_telescope(self):
+        """indiserv -v -p 0 -u NAME indi_simulator_telescope serves indi_getprop on TCP and a client on the unix socket, logs driver stderr with its name, and exits 0 on SIGTERM."""
+        require_programs("indi_simulator_telescope", "indi_getprop")
+        name = f"/tmp/indiserv-cli-test-{os.getpid()}"
+        watch = self.indiserv("-v", "-p", "0", "-u", name, "indi_simulator_telescope")
+        listening = yield watch.seen
+        code, lines = yield self.getprop(int(listening.group(1)), "Telescope Simulator.CONNECTION.*")
+        self.assertEqual(code, 0, watch.output)
+        self.assertIn("Telescope Simulator.CONNECTION.CONNECT=Off", lines)
+        socket_path = ("\0" + name) if ABSTRACT else name
+        client = yield connectProtocol(UNIXClientEndpoint(reactor, socket_path), TestClient())
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.name == "CONNECTION")
+        self.assertEqual(defined.device, "Telescope Simulator")
+        client.transport.loseConnection()
+        yield client.lost
+        exit_code = yield self.stop(watch)
+        self.assertEqual(exit_code, 0, watch.output)
+        output = watch.output.decode()
+        self.assertTrue(output.startswith("20"), output)
+        self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: startup: indiserv -v -p 0 ")
+        self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: indi_simulator_telescope: \S")
+        self.assertRegex(output, r"(?m): driver indi_simulator_telescope attached$")
+
+    @defer.inlineCallbacks
+    def test_fifo_only(self):
+        """With only -f it waits for drivers; a start written into the FIFO serves the telescope under its -n name."""
+        require_programs("indi_simulator_telescope", "indi_getprop")
+        fifo = os.path.join(self.home, "indiFIFO")
+        watch = self.indiserv("-p", "0", "-f", fifo, pattern=LISTENING + rb"(?s:.*)reading driver commands")
+        listening = yield watch.seen
+        self.assertTrue(os.path.exists(fifo))
+        write_fifo(fifo, 'start indi_simulator_telescope -n "Scope Via FIFO"\n')
+        code, lines = yield self.getprop(int(listening.group(1)), "Scope Via FIFO.CONNECTION.*")
+        self.assertEqual(code, 0, watch.output)
+        self.assertIn("Scope Via FIFO.CONNECTION.CONNECT=Off", lines)
+
+    @defer.inlineCallbacks
+    def test_unusable_fifo(self):
+        """A FIFO path that cannot be used is a clear startup error: the reason, good bye, exit status 1."""
+        fifo = os.path.join(self.home, "no-such-dir", "fifo")
+        watch = self.indiserv("-p", "0", "-f", fifo, pattern=rb"good bye")
+        yield watch.seen
+        yield watch.ended
+        self.assertEqual(watch.reason.value.exitCode, 1)
+        self.assertIn(
+            f"cannot start: cannot use {fifo} as the FIFO: No such file or directory", watch.output.decode()
+        )
+        self.assertNotIn("Traceback", watch.output.decode())
+
+    @defer.inlineCallbacks
+    def test_usage_exit(self):
+        """The real command exits 2 with the usage for an unknown option."""
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "indiserv.cli", "-Z"], env=self.env, path=self.home
+        )
+        self.assertEqual(code, 2)
+        self.assertTrue(re.match(rb"indiserv: unknown option -Z\nUsage: indiserv \[options\]", err), err)
