@@ -55,9 +55,11 @@ START = (
     b"</oneSwitch></newSwitchVector>"
 )
 HELLO = b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>"
-# indiserver re-serialises what it forwards (double quotes, new layout), so
-# markers avoid quotes and whitespace.
-DONE = b"done"
+# The driver's last message.  indiserver re-serialises what it forwards
+# (double quotes, new layout), so either quote will do; a quote cannot occur
+# in base64, so BLOB data never looks like it (a bare b"done" did, about
+# four times in 50 MiB of base64, and ended streams early).
+DONE = rb"""message=["']done["']"""
 MiB = 1024 * 1024
 
 

@@ -240,6 +240,7 @@ class DriverService(Service):
         env: dict[str, str] | None = None,
         restarts: int | None = None,
         limits: Limits | None = None,
+        debug_enable: bool = False,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -251,6 +252,8 @@ class DriverService(Service):
         if restarts is not None:
             self.restarts = restarts
         self.limits = limits
+        #: Log every message the program writes (IPyServer's debug_enable).
+        self.debug_enable = debug_enable
         self.driver_name = os.path.basename(program)
         self.protocol: DriverProcessProtocol | None = None
         self.failures = 0
@@ -280,6 +283,11 @@ class DriverService(Service):
         super().startService()
         self.spawn()
 
+    def _debug(self, message: Message) -> bool:
+        self.log.info("{driver}: {xml}", driver=self.driver_name,
+                      xml=message.raw.decode("utf-8", "replace").strip())
+        return True
+
     def spawn(self) -> None:
         """Start the program, on pipes (not a socket: see DESIGN.md)."""
         self._restart_call = None
@@ -290,6 +298,8 @@ class DriverService(Service):
             self.router.send_message(f"Driver {self.driver_name} could not start: {e}")
             return
         protocol = DriverProcessProtocol(self.router, self.driver_name, self.limits)
+        if self.debug_enable:
+            protocol.screen = self._debug
         env = dict(os.environ if self.env is None else self.env)
         self._started_at = self.reactor.seconds()
         process = self.reactor.spawnProcess(

@@ -288,11 +288,16 @@ class IndiServer(MultiService):
         return port
 
     def add_exdriver(
-        self, program: str, *args: str, env: dict[str, str] | None = None
+        self,
+        program: str,
+        *args: str,
+        debug_enable: bool = False,
+        env: dict[str, str] | None = None,
     ) -> DriverService:
         """
         Serve the executable driver C{program}, run with C{args} in the
-        environment C{env} (L{None}: this process's).
+        environment C{env} (L{None}: this process's).  C{debug_enable} logs
+        every message it writes, as with IPyServer.
         """
         driver = DriverService(
             self.router,
@@ -302,6 +307,7 @@ class IndiServer(MultiService):
             env=env,
             restarts=self.restarts,
             limits=self.driver_limits,
+            debug_enable=debug_enable,
         )
         driver.setServiceParent(self)
         return driver

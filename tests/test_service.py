@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
@@ -72,6 +74,20 @@ class IndiServerTests(TestCase):
         client = yield client_of(self, server)
         defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
         self.assertEqual(defined.device, SIMULATOR)
+
+    @defer.inlineCallbacks
+    def test_exdriver_debug_enable(self):
+        """add_exdriver(debug_enable=True) logs each message the driver writes, as IPyServer does."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.add_exdriver(*SIMULATOR_COMMAND, debug_enable=True, env=child_env())
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        lines = [e["xml"] for e in logged if "xml" in e]
+        self.assertTrue(any(line.startswith("<defSwitchVector") for line in lines), lines)
 
     @defer.inlineCallbacks
     def test_tcp_nodelay(self):
