@@ -388,6 +388,7 @@ def scenarios(smoke: bool) -> dict[str, Scenario]:
         # Without enclen: with it, indiserver 1.9.9 wedges (PROTOCOL.md, defect 7)
         # and there would be nothing to compare with.
         "blob_stream_1_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1)),
+        "blob_stream_4_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 4)),
         "updates_1": Scenario(["--blobs", "0", "--numbers", str(numbers)],
                               lambda s, p: updates(p, 1, numbers)),
         "updates_4": Scenario(["--blobs", "0", "--numbers", str(numbers)],
