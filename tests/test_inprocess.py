@@ -320,6 +320,14 @@ class AsyncRunTests(TestCase):
         self.assertEqual(code, 0)
 
     @defer.inlineCallbacks
+    def test_ipydriver_snoops_device_of_remote_server(self):
+        """An in-process IPyDriver snoops a telescope that another server, linked as a remote, serves."""
+        lower = yield serve(self, ["indi_simulator_telescope"], env=self.env)
+        port = yield self.start(script=WATCHES_REMOTE.format(port=lower.port))
+        code = yield self.connect_telescope_and_wait(port, f'"{WATCHER}.SEEN_RA.RA">=0')
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
     def test_executable_driver_snoops_ipydriver(self):
         """indi_simulator_telescope snoops an in-process IPyDriver acting as its GPS."""
         port = yield self.start("gps(), ", "from tests.ipydrivers import gps")
@@ -444,6 +452,17 @@ async def main():
     await running
 
 asyncio.run(main())
+"""
+
+WATCHES_REMOTE = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+from tests.ipydrivers import watcher
+
+server = IndiServer(watcher(), host="127.0.0.1", port=0)
+server.add_remote("127.0.0.1", {port})
+asyncio.run(server.asyncrun())
 """
 
 SHUTS_DOWN = """
