@@ -204,38 +204,27 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def run(limits: Limits, chunks: list[bytes]) -> list[object]:
     """
-    Feed C{chunks} as a link does (after an error, C{feed(b"")} until
-    clean), checking invariants 1 and 2; return messages and errors in order.
+    Read C{chunks} as a link does (L{Parser.read}), checking invariants 1
+    and 2; return messages and errors in order.
     """
     parser = Parser(limits)
     bound = max(limits.max_element, limits.max_start_tag)
     events: list[object] = []
     for chunk in chunks:
-        data = chunk
-        for _ in range(len(chunk) + parser.pending + 2):
-            try:
-                messages = parser.feed(data)
-            except WireError as e:
-                events.extend(e.messages)
-                events.append((type(e).__name__, e.reason))
-                failed = True
-            except Exception as e:
-                raise Failure(
-                    f"feed raised {type(e).__name__}, not a WireError:\n"
-                    + "".join(traceback.format_exception(e))
-                ) from e
-            else:
-                events.extend(messages)
-                failed = False
-            if parser.pending > bound + len(chunk):
-                raise Failure(
-                    f"pending {parser.pending} > {bound} + chunk of {len(chunk)}"
+        try:
+            for item in parser.read(chunk):
+                events.append(
+                    (type(item).__name__, item.reason) if isinstance(item, WireError) else item
                 )
-            if not failed:
-                break
-            data = b""
-        else:
-            raise Failure("feed(b'') keeps raising without making progress")
+                if parser.pending > bound + len(chunk):
+                    raise Failure(f"pending {parser.pending} > {bound} + chunk of {len(chunk)}")
+        except Failure:
+            raise
+        except Exception as e:
+            raise Failure(
+                f"read raised {type(e).__name__}, not a WireError:\n"
+                + "".join(traceback.format_exception(e))
+            ) from e
     return events
 
 

@@ -279,28 +279,14 @@ class Link:
             router.end_batch()
 
     def _route_all(self, data: bytes, router: Router) -> None:
-        while True:
-            try:
-                messages = self.parser.feed(data)
-            except WireError as e:
-                self._route_each(e.messages, router)
-                if not self.wire_error(e):
-                    return
-                data = b""
-                continue
-            self._route_each(messages, router)
-            return
-
-    def _route_each(self, messages: list[Message], router: Router) -> None:
         route = router.route
         screen = self.screen
-        if screen is None:
-            for message in messages:
-                route(message, self)
-        else:
-            for message in messages:
-                if screen(message):
-                    route(message, self)
+        for item in self.parser.read(data):
+            if isinstance(item, WireError):
+                if not self.wire_error(item):
+                    return
+            elif screen is None or screen(item):
+                route(item, self)
 
     def wire_error(self, error: WireError) -> bool:
         """

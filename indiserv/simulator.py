@@ -234,13 +234,12 @@ def _log(text: str) -> None:
 def _frame(parser: wire.Parser, data: bytes) -> list[wire.Message]:
     """Every message in C{data}, logging and skipping input that is not INDI."""
     messages: list[wire.Message] = []
-    while True:
-        try:
-            return messages + parser.feed(data)
-        except wire.WireError as e:
-            _log(f"bad input from server: {e.reason}")
-            messages += e.messages
-            data = b""
+    for item in parser.read(data):
+        if isinstance(item, wire.WireError):
+            _log(f"bad input from server: {item.reason}")
+        else:
+            messages.append(item)
+    return messages
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import NoReturn
+from typing import Iterator, NoReturn
 from xml.parsers import expat
 
 __all__ = [
@@ -335,8 +335,34 @@ class Parser:
         """Bytes held for an element that has not ended yet."""
         return len(self._buffer)
 
+    def read(self, data: bytes) -> Iterator[Message | WireError]:
+        """
+        Add C{data} to the stream; yield, in stream order, each message it
+        completes and each error in it.  After an error the parser has
+        resynchronised, and reading goes on past the bad element.
+        """
+        # An error drops at least one byte, so this many rounds suffice;
+        # running out of them is a bug in the parser, never bad input.
+        for _ in range(len(data) + len(self._buffer) + 2):
+            try:
+                messages = self.feed(data)
+            except WireError as error:
+                yield from error.messages
+                yield error
+                data = b""
+            else:
+                yield from messages
+                return
+        raise AssertionError("the parser stopped making progress")
+
     def feed(self, data: bytes) -> list[Message]:
-        """Add C{data} to the stream; return the messages it completed."""
+        """
+        Add C{data} to the stream; return the messages it completed.
+
+        @raise WireError: bad input; the messages completed before it are
+            its C{messages}, and C{feed(b"")} goes on after it (L{read}
+            does all that).
+        """
         buffer = self._buffer
         buffer += data
         if self._at_stream_start:
