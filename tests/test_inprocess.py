@@ -273,6 +273,17 @@ class AsyncRunTests(TestCase):
         self.assertRegex(update.raw.decode(), r">\s*42(\.0)?\s*<")
 
     @defer.inlineCallbacks
+    def test_run_installs_asyncio_reactor_for_ipydrivers(self):
+        """server.run() with an IPyDriver and no reactor installed serves it on the asyncio reactor."""
+        port = yield self.start(script=RUNS)
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+        self.process.signalProcess("TERM")
+        yield self.output.ended
+        self.assertIn(b"AsyncioSelectorReactor", self.output.output)
+        self.assertEqual(self.process.status, 0)
+
+    @defer.inlineCallbacks
     def test_indipyclient_sets_ipydriver(self):
         """A real indipyclient client reads an in-process IPyDriver's property and sets it."""
         extra = "from tests.ipydrivers import thermostat"
@@ -435,6 +446,21 @@ INDIPYCLIENT = textwrap.dedent("""
 
     asyncio.run(asyncio.wait_for(main(), 20))
 """)
+
+RUNS = """
+import logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+from tests.ipydrivers import thermostat
+
+def report(port):
+    from twisted.internet import reactor
+    logging.info("reactor: %s", type(reactor).__name__)
+
+server = IndiServer(thermostat(), host="127.0.0.1", port=0)
+server.listening.addCallback(report)
+server.run()
+"""
 
 ADDED_LATER = """
 import asyncio, logging
