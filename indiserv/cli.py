@@ -119,6 +119,10 @@ def _value(letter: str, value: str) -> str:
             number = int(value)
         except ValueError:
             raise usage.UsageError(f"-{letter} requires a whole number, not {value!r}")
+        if letter == "p":
+            if not 0 <= number <= 65535:
+                raise usage.UsageError(f"-p requires a port number (0-65535), not {value}")
+            return value
         # indiserver takes a negative restart count for none.
         return str(max(number, 0))
     if letter == "u" and sys.platform.startswith("linux"):

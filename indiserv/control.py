@@ -13,11 +13,12 @@ and then write lines like these into that named pipe::
 The options mean what they mean to indiserver: C{-n} sets C{INDIDEV} (the
 device name the driver takes), C{-c} C{INDICONFIG} (its configuration file),
 C{-s} C{INDISKEL} (its skeleton file), and C{-p} C{INDIPREFIX}, running
-C{PREFIX/bin/DRIVER}; a driver started here gets only the variables its
-line sets.  C{stop} ends the driver of that name (the one serving the
-C{-n} device, if given) without restarting it, and clients get
-C{delProperty} for its devices.  A line with an C{@} names another server,
-C{[device]@host[:port]}, to link to or unlink from.
+C{PREFIX/bin/DRIVER}; C{INDIDEV}, C{INDICONFIG} and C{INDISKEL} that a
+line does not set are not inherited from the server (C{INDIPREFIX} is).
+C{stop} ends the driver of that name (the one serving the C{-n} device, if
+given) without restarting it, and clients get C{delProperty} for its
+devices at once.  A line whose first word after the verb is
+C{[device]@host[:port]} names another server, to link to or unlink from.
 
 Where indiserv differs from indiserver: a verb other than C{start} and
 C{stop} is refused with a log line (indiserver takes any other word for
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
@@ -74,9 +76,10 @@ STOP = "stop"
 _OPTIONS = {"-n": "device", "-c": "config", "-s": "skeleton", "-p": "prefix"}
 # The environment variables those settings become for the driver.
 _ENVIRONMENT = {"device": "INDIDEV", "config": "INDICONFIG", "skeleton": "INDISKEL"}
-# A remote server as indiserver reads it: quotes removed, anything after
-# the port ignored.
-_REMOTE = re.compile(r"(?P<device>[^@]*)@(?P<host>[^\s:@]+)(?::(?P<port>\d+))?")
+# A remote server as indiserver reads it: [device]@host[:port], quotes
+# removed; and a driver option, which no device name of a server holds.
+_REMOTE = re.compile(r"(?P<device>[^@]*)@(?P<host>[^\s:@/]+)(?::(?P<port>\d{1,6}))?")
+_OPTION = re.compile(r"(?:^|\s)-[a-z](?:\s|$)")
 
 
 class FifoError(Exception):
@@ -122,13 +125,10 @@ def parse_command(line: str) -> Command:
     if verb not in (START, STOP):
         raise CommandError(f"unknown command {verb!r} (only start and stop are known)")
     if "@" in rest:
-        # indiserver's rule: a line with an @ names a server.
-        spec = rest.replace('"', "").strip()
-        found = _REMOTE.match(spec)
-        if found is None:
-            raise CommandError(f"bad server {spec!r}: expected [device]@host[:port]")
-        remote = (found["device"].strip() or None, found["host"], int(found["port"] or DEFAULT_PORT))
-        return Command(verb, remote=remote, ignored=spec[found.end() :].strip())
+        server = _server(rest)
+        if server is not None:
+            remote, ignored = server
+            return Command(verb, remote=remote, ignored=ignored)
     try:
         words = shlex.split(rest)
     except ValueError as e:
@@ -136,11 +136,36 @@ def parse_command(line: str) -> Command:
     if not words:
         raise CommandError(f"{verb} needs a driver")
     driver, words = words[0], words[1:]
+    if "@" in driver:
+        raise CommandError(f"bad server {driver!r}: expected [device]@host[:port]")
     settings: dict[str, str] = {}
     while len(words) >= 2 and words[0] in _OPTIONS:
         settings[_OPTIONS[words[0]]] = words[1]
         words = words[2:]
     return Command(verb, driver=driver, ignored=shlex.join(words), **settings)
+
+
+def _server(rest: str) -> tuple[tuple[str | None, str, int], str] | None:
+    """
+    The server that the rest of a line names, C{[device]@host[:port]}
+    (quotes removed, as indiserver does, so a device name may have spaces),
+    and what follows it; None if the @ is part of a driver's line instead,
+    such as C{indi_x -c /home/me@laptop/ccd.xml} (indiserver would link to
+    a host "laptop/ccd.xml" there).
+    """
+    spec = rest.replace('"', "").strip()
+    found = _REMOTE.match(spec)
+    if (
+        found is None
+        or _OPTION.search(found["device"])
+        or (found.end() < len(spec) and not spec[found.end()].isspace())
+    ):
+        return None
+    port = int(found["port"] or DEFAULT_PORT)
+    if not 0 < port < 65536:
+        raise CommandError(f"bad server {spec!r}: port {port} is out of range")
+    device = found["device"].strip() or None
+    return (device, found["host"], port), spec[found.end():].strip()
 
 
 def open_fifo(path: str) -> int:
@@ -297,17 +322,21 @@ class FifoControl(Service):
         self.env = env
         self.remote_blobs = remote_blobs
         self.reader: FifoReader | None = None
+        # Drivers and links told to stop that have not ended yet.
+        self._ending: set[defer.Deferred[None]] = set()
 
     def startService(self) -> None:
         self.reader = FifoReader(self.path, self.line_received, self.server.reactor)
         self.log.info("reading driver commands from the FIFO {path}", path=self.path)
         super().startService()
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred[object]:
+        """Stop reading, then wait for what the FIFO stopped to end."""
         super().stopService()
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        return defer.gatherResults(list(self._ending))
 
     def line_received(self, line: str) -> None:
         """Obey one line of the FIFO."""
@@ -400,12 +429,21 @@ class FifoControl(Service):
         self._done(line)
 
     def _stopping(self, stopped: Any, line: str) -> None:
-        if stopped is not None:
-            stopped.addErrback(
-                lambda failure: self.log.failure(
-                    "FIFO {path}: {line!r} failed", failure, path=self.path, line=line
+        """Keep C{stopped} until it fires, so the server's stop waits for it."""
+        if stopped is None:
+            return
+        ending: defer.Deferred[None] = defer.Deferred()
+        self._ending.add(ending)
+
+        def ended(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.failure(
+                    "FIFO {path}: {line!r} failed", result, path=self.path, line=line
                 )
-            )
+            self._ending.discard(ending)
+            ending.callback(None)
+
+        stopped.addBoth(ended)
 
     # -- other servers ---------------------------------------------------
 

@@ -361,6 +361,11 @@ class DriverService(Service):
         protocol = self.protocol
         if protocol is None or protocol.transport is None:
             return None
+        if protocol.router is not None:
+            # Clients hear of its devices going now, as with indiserver, and
+            # a driver started in its place is not taken for a clash while
+            # this one takes its time to exit.
+            protocol.router.remove_link(protocol)
         ended: defer.Deferred[None] = defer.Deferred()
         protocol.ended.addBoth(lambda _: ended.callback(None))
         kill = self.reactor.callLater(self.stop_timeout, self._signal, protocol, "KILL")

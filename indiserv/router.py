@@ -253,7 +253,9 @@ class Router(Service):
         handler(message, source)
 
     def _trace(self, message: Message, source: Link) -> None:
-        if self.verbose >= 3:
+        # BLOB data is summed up even at -vvv: a camera's frames copied
+        # into the log would drown it (indiserver leaves them out too).
+        if self.verbose >= 3 and not message.blob:
             self.log.info(
                 "{source}: {xml}",
                 source=source.label,

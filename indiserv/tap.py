@@ -180,7 +180,10 @@ class Options(usage.Options):
                 # indiserver's syntax for a device of a remote server.
                 self["remotes"].append(_remote(driver))
             else:
-                self["drivers"].append(shlex.split(driver))
+                try:
+                    self["drivers"].append(shlex.split(driver))
+                except ValueError as e:
+                    raise usage.UsageError(f"cannot read driver {driver!r}: {e}")
 
     def postOptions(self) -> None:
         if self["max-connections"] < 1:

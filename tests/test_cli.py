@@ -92,10 +92,13 @@ class TranslateTests(SynchronousTestCase):
         self.assertEqual(str(error), "-f requires a FIFO path")
 
     def test_numbers(self) -> None:
-        """-p and -r take whole numbers; a negative -r means no restarts, as with indiserver."""
+        """-p takes a port number and -r a whole number; a negative -r means no restarts, as with indiserver."""
         self.assertEqual(options_of(translate(["-r", "-3", "drv"])), ["--restarts", "0"])
         error = self.assertRaises(UsageError, translate, ["-p", "seven", "drv"])
         self.assertIn("'seven'", str(error))
+        for port in ("-1", "65536"):
+            error = self.assertRaises(UsageError, translate, ["-p", port, "drv"])
+            self.assertIn("0-65535", str(error))
 
     def test_nothing_to_serve(self) -> None:
         """No drivers and no FIFO is a usage error saying so; a FIFO alone will do."""
@@ -140,6 +143,11 @@ class ParseTests(SynchronousTestCase):
         """A driver that is not on PATH is a usage error, before anything starts."""
         error = self.assertRaises(UsageError, parse, ["indi_no_such_driver"])
         self.assertIn("indi_no_such_driver", str(error))
+
+    def test_unreadable_driver_word(self) -> None:
+        """A driver word with an unbalanced quote is a usage error, not a crash."""
+        error = self.assertRaises(UsageError, parse, ["indi_o'brien"])
+        self.assertIn("indi_o'brien", str(error))
 
 
 class MainUsageTests(SynchronousTestCase):

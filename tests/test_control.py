@@ -80,8 +80,15 @@ class ParseCommandTests(SynchronousTestCase):
 
     def test_bad_lines(self) -> None:
         """A line without a driver, with unbalanced quotes, or with a bad server is refused."""
-        for line in ("", "start", 'start indi_x -n "open', "start @:7624"):
+        for line in ("", "start", 'start indi_x -n "open', "start @:7624",
+                     "start @127.0.0.1:99999", "start indi_x@"):
             self.assertRaises(CommandError, parse_command, line)
+
+    def test_at_sign_in_driver_settings(self) -> None:
+        """An @ inside a driver's settings does not make the line a server (it would for indiserver)."""
+        command = parse_command('start indi_x -c "/home/me@laptop/ccd.xml"')
+        self.assertEqual((command.driver, command.config, command.remote),
+                         ("indi_x", "/home/me@laptop/ccd.xml", None))
 
 
 class OpenFifoTests(SynchronousTestCase):
@@ -137,16 +144,45 @@ class FifoReaderTests(TestCase):
             d.callback(None)
         return d
 
+    def reopened(self) -> defer.Deferred[None]:
+        """Fires once the reader has seen its writer's EOF and opened the FIFO again."""
+        d: defer.Deferred[None] = defer.Deferred()
+        lost = self.reader.connectionLost
+
+        def then(reason: object) -> None:
+            del self.reader.connectionLost
+            lost(reason)
+            d.callback(None)
+
+        self.reader.connectionLost = then
+        return d
+
     @defer.inlineCallbacks
     def test_lines_from_writer_after_writer(self):
         """Each writer's lines are read; after a writer closes the FIFO the next one is heard too."""
+        first_fd = self.reader.fd
+        reopened = self.reopened()
         write_fifo(self.path, "start a\nstop a\n")
         yield self.lines_read(2)
+        yield reopened
+        self.assertNotEqual(self.reader.fd, first_fd)
+        reopened = self.reopened()
         write_fifo(self.path, "start b\n")
         yield self.lines_read(3)
+        yield reopened
         write_fifo(self.path, "  \n\nstop b\n")
         yield self.lines_read(4)
         self.assertEqual(self.lines, ["start a", "stop a", "start b", "stop b"])
+
+    def test_long_line_across_reads_dropped(self) -> None:
+        """A line that grows past the limit over several reads is dropped once, holding at most the limit."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for _ in range(3):
+            self.reader._received(b"z" * 40)
+            self.assertLessEqual(len(self.reader._partial), 64)
+        self.reader._received(b"zz\nstart b\n")
+        self.assertEqual(self.lines, ["start b"])
+        self.assertEqual(len([e for e in logged if e["log_level"] == LogLevel.warn]), 1)
 
     @defer.inlineCallbacks
     def test_last_line_without_newline(self):
@@ -178,9 +214,11 @@ class FifoReaderTests(TestCase):
         self.assertLessEqual(len(self.reader._partial), 64)
 
     def test_closed_reader_leaves_nothing(self) -> None:
-        """After close the reactor no longer watches the FIFO."""
+        """After close the reactor no longer watches the FIFO and its descriptor is closed."""
+        fd = self.reader.fd
         self.reader.close()
         self.assertNotIn(self.reader, reactor.getReaders())
+        self.assertRaises(OSError, os.fstat, fd)
 
 
 class ControlUnitTests(SynchronousTestCase):
@@ -254,9 +292,38 @@ class ControlUnitTests(SynchronousTestCase):
         self.control.line_received('stop sh -n "B"')
         self.assertEqual(self.drivers(), [first])
         self.assertFalse(second.running)
-        self.assertEqual(second.protocol.transport.signals, ["TERM"])
+        stopped = second.protocol
+        self.assertEqual(stopped.transport.signals, ["TERM"])
+        # Its devices leave the router now, not when it has exited.
+        self.assertNotIn(stopped, self.server.router.drivers)
+        end(second)
+        self.assertFalse(second.alive)  # no restart pending
         self.control.line_received("stop sh")
         self.assertEqual(self.drivers(), [])
+
+    def test_start_right_after_stop_serves_the_device(self) -> None:
+        """A driver started while the stopped one is still exiting owns its device (no clash, no late delProperty)."""
+        define = b"<defTextVector device='A' name='T'><defText name='X'>x</defText></defTextVector>"
+        self.control.line_received('start sh -n "A"')
+        (old,) = self.drivers()
+        old.protocol.outReceived(define)
+        self.control.line_received('stop sh -n "A"')
+        self.control.line_received('start sh -n "A"')
+        (new,) = self.drivers()
+        new.protocol.outReceived(define)
+        self.assertIs(self.server.router.owners["A"], new.protocol)
+        end(old)  # the old program exits only now
+        self.assertIs(self.server.router.owners["A"], new.protocol)
+
+    def test_server_stop_waits_for_stopped_driver(self) -> None:
+        """A driver stopped from the FIFO that is still exiting holds up the server's stop until it ends."""
+        self.control.line_received("start sh")
+        (driver,) = self.drivers()
+        self.control.line_received("stop sh")
+        stopping = self.control.stopService()
+        self.assertNoResult(stopping)
+        end(driver)
+        self.successResultOf(stopping)
 
     def test_stop_unknown(self) -> None:
         """Stopping a driver that does not run is refused with a log line."""

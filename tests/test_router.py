@@ -345,12 +345,12 @@ class SendMessageTests(RouterTestCase):
 class VerbosityTests(SynchronousTestCase):
     """-v key events, -vv a line per message, -vvv its XML; each line names the link."""
 
-    def lines(self, verbose: int) -> list[str]:
+    def lines(self, verbose: int, output: bytes = TELESCOPE_SET) -> list[str]:
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         router = Router(clock=Clock(), verbose=verbose)
         driver = RecordingLink(DRIVER, "driver indi_telescope")
         router.add_link(driver)
-        driver.say(TELESCOPE_SET)
+        driver.say(output)
         return [formatEvent(event) for event in logged]
 
     def test_quiet(self) -> None:
@@ -371,3 +371,13 @@ class VerbosityTests(SynchronousTestCase):
     def test_full_xml(self) -> None:
         """-vvv logs each message's XML with its source."""
         self.assertIn(f"driver indi_telescope: {TELESCOPE_SET.decode()}", self.lines(3))
+
+    def test_blob_summed_up_at_full_xml(self) -> None:
+        """-vvv logs a BLOB message as a summary with its size, never its data."""
+        frame = (
+            b"<setBLOBVector device='Telescope' name='IMG'><oneBLOB name='IMG' size='3'"
+            b" format='.fits'>QUJD</oneBLOB></setBLOBVector>"
+        )
+        lines = self.lines(3, frame)
+        self.assertIn(f"driver indi_telescope: setBLOBVector Telescope.IMG ({len(frame)} bytes)", lines)
+        self.assertFalse([line for line in lines if "QUJD" in line])
