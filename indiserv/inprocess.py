@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
 from typing import Any, Callable
 from xml.etree import ElementTree
 
@@ -48,11 +49,13 @@ class IInProcessDriver(Interface):
 
     name = Attribute("A name for logs, like an executable driver's program name.")
 
-    def start(send: Callable[[bytes], None]) -> None:
+    def start(send: Callable[[bytes], None]) -> defer.Deferred[None] | None:
         """
         The server serves this driver from now on.  C{send(data)} routes
         INDI XML the driver writes (C{def*}, C{set*}, C{message},
         C{getProperties} to snoop ...), as an executable driver's stdout.
+        A returned Deferred fires if the driver ends by itself; the server
+        then stops serving it (clients get C{delProperty}).
         """
 
     def messageReceived(message: Message) -> None:
@@ -69,9 +72,10 @@ class InProcessLink(Link):
     """
     The router's side of an in-process driver.
 
-    Messages routed to the driver while the router is busy are handed over
-    when its batch ends, so a driver that answers at once never re-enters
-    the router in the middle of a delivery.
+    Messages are handed over one at a time, in order, never while another
+    is being handed over, and those routed while the router is busy only
+    when its batch ends: a driver that answers at once, or two in-process
+    drivers that snoop each other, never re-enter a delivery.
     """
 
     log = Logger()
@@ -82,30 +86,41 @@ class InProcessLink(Link):
         self.driver = driver
         self.name = getattr(driver, "name", None) or type(driver).__name__
         self.label = f"driver {self.name}"
-        self._inbox: list[Message] = []
+        self._inbox: deque[Message] = deque()
+        self._delivering = False
+        self._waiting_for_batch = False
 
     def send(self, message: Message) -> bool:
+        self._inbox.append(message)
         router = self.router
         if router is not None and router.batching:
-            if not self._inbox:
+            if not self._waiting_for_batch:
+                self._waiting_for_batch = True
                 router.dirty.append(self)
-            self._inbox.append(message)
         else:
-            self._deliver(message)
+            self._deliver_all()
         return True
 
     def flush(self) -> None:
-        inbox, self._inbox = self._inbox, []
-        for message in inbox:
-            self._deliver(message)
+        self._waiting_for_batch = False
+        self._deliver_all()
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver_all(self) -> None:
+        if self._delivering:
+            return  # the delivery under way goes on to these
+        self._delivering = True
         try:
-            self.driver.messageReceived(message)
-        except Exception:
-            self.log.failure(
-                "{driver} failed to handle {tag}", driver=self.name, tag=message.tag
-            )
+            inbox = self._inbox
+            while inbox:
+                message = inbox.popleft()
+                try:
+                    self.driver.messageReceived(message)
+                except Exception:
+                    self.log.failure(
+                        "{driver} failed to handle {tag}", driver=self.name, tag=message.tag
+                    )
+        finally:
+            self._delivering = False
 
     def wire_error(self, error: WireError) -> bool:
         self.log.warn(
@@ -114,6 +129,7 @@ class InProcessLink(Link):
         return True
 
     def close(self) -> defer.Deferred[None]:
+        self._inbox.clear()
         if self.router is not None:
             self.router.remove_link(self)
         return defer.succeed(None)
@@ -134,9 +150,18 @@ class InProcessService(Service):
         super().startService()
         link = self.link = InProcessLink(self.driver, self.limits)
         self.router.add_link(link)
-        self.driver.start(link.bytes_received)
+        ended = self.driver.start(link.bytes_received)
+        if isinstance(ended, defer.Deferred):
+            ended.addBoth(self._ended, link)
         # Ask for its definitions, as for a driver program that starts.
         link.send(wire.get_properties())
+
+    def _ended(self, result: object, link: InProcessLink) -> None:
+        """The driver ended by itself: its devices go, as a crashed program's do."""
+        if link is self.link:
+            self.log.warn("{driver} ended by itself; its devices are gone", driver=link.name)
+            self.link = None
+            link.close()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -186,23 +211,28 @@ class IPyDriverAdapter:
     The driver runs as an asyncio task on the reactor's event loop.  It
     talks to the server through its communications hook (C{_commsobj},
     the same one IPyServer uses): what it sends is serialised once, as it
-    would be on its stdout, and what it is sent is parsed into the
-    ElementTree elements it expects and handed over one at a time, in
-    order.
+    would be on its stdout; each message it is sent is handed to it in a
+    task of its own, as IPyServer does, so a slow C{rxevent} holds up no
+    other message.  When it asks for properties it also asks for their
+    BLOBs (IPyServer passes BLOBs to drivers unasked).
     """
 
     log = Logger()
 
-    #: Bytes of routed messages the driver may have waiting before more are
-    #: dropped (a driver that stopped reading must not grow the server).
-    max_waiting = 64 * 1024 * 1024
+    #: Bytes of routed messages the driver may have in hand before more are
+    #: dropped (a driver that stopped handling them must not grow the server).
+    max_waiting = 16 * 1024 * 1024
+    #: Seconds the driver gets to end after C{shutdown()} before its task is
+    #: cancelled (an executable driver gets SIGKILL after as long).
+    stop_timeout = 5.0
 
     def __init__(self, driver: Any):
         self.ipydriver = driver
         self.name = type(driver).__name__
         self._send: Callable[[bytes], None] | None = None
-        self._waiting: asyncio.Queue[Any] | None = None
         self._waiting_bytes = 0
+        self._dropping = False
+        self._stopping = False
         self._task: asyncio.Future[None] | None = None
         driver._commsobj = self
 
@@ -211,63 +241,73 @@ class IPyDriverAdapter:
         """The names of the driver's devices."""
         return list(self.ipydriver)
 
-    def start(self, send: Callable[[bytes], None]) -> None:
+    def start(self, send: Callable[[bytes], None]) -> defer.Deferred[None]:
         require_asyncio_reactor()
         self._send = send
-        self._waiting = asyncio.Queue()
         self._task = asyncio.ensure_future(self._run())
+        return defer.Deferred.fromFuture(self._task)
 
     async def _run(self) -> None:
-        handing = asyncio.ensure_future(self._hand_over())
+        if self._stopping:
+            return  # stopped before it ever ran: asyncrun() would undo shutdown()
         try:
             await self.ipydriver.asyncrun()
+        except asyncio.CancelledError:
+            self.log.warn("{driver} did not end in time and was cancelled", driver=self.name)
         except Exception:
             self.log.failure("{driver} failed", driver=self.name)
         finally:
-            handing.cancel()
-
-    async def _hand_over(self) -> None:
-        assert self._waiting is not None
-        while True:
-            size, element = await self._waiting.get()
-            self._waiting_bytes -= size
-            try:
-                await self.ipydriver._readdata(element)
-            except Exception:
-                self.log.failure("{driver} failed to handle {tag}", driver=self.name, tag=element.tag)
+            self._send = None
 
     def messageReceived(self, message: Message) -> None:
-        if self._waiting is None:
+        if self._send is None:
             return
         # IPyServer gives its drivers only getProperties of version 1.7.
         if message.tag == "getProperties" and message.attrs.get("version") != "1.7":
             return
-        if self._waiting_bytes + len(message.raw) > self.max_waiting:
-            self.log.warn(
-                "{driver} is not keeping up; dropped {tag}", driver=self.name, tag=message.tag
-            )
+        size = len(message.raw)
+        if self._waiting_bytes + size > self.max_waiting:
+            if not self._dropping:
+                self._dropping = True
+                self.log.warn(
+                    "{driver} is not keeping up; messages to it are dropped until it does",
+                    driver=self.name,
+                )
             return
+        self._dropping = False
+        self._waiting_bytes += size
+        asyncio.ensure_future(self._hand_over(message.raw, size))
+
+    async def _hand_over(self, raw: bytes, size: int) -> None:
         try:
-            element = ElementTree.fromstring(message.raw)
-        except ElementTree.ParseError as e:  # checked by our parser already
-            self.log.warn("cannot give {tag} to {driver}: {error}", tag=message.tag,
-                          driver=self.name, error=e)
-            return
-        self._waiting_bytes += len(message.raw)
-        self._waiting.put_nowait((len(message.raw), element))
+            # Parsed only now: an element tree is several times its text.
+            await self.ipydriver._readdata(ElementTree.fromstring(raw))
+        except Exception:
+            self.log.failure("{driver} failed to handle a message", driver=self.name)
+        finally:
+            self._waiting_bytes -= size
 
     def stop(self) -> defer.Deferred[None] | None:
+        self._stopping = True
         self.ipydriver.shutdown()
-        if self._task is None:
+        task = self._task
+        if task is None or task.done():
             return None
-        return defer.Deferred.fromFuture(self._task)
+        timeout = asyncio.get_event_loop().call_later(self.stop_timeout, task.cancel)
+        task.add_done_callback(lambda _: timeout.cancel())
+        return defer.Deferred.fromFuture(asyncio.shield(task)).addErrback(lambda _: None)
 
     # The communications hook of IPyDriver.
 
     async def run_tx(self, xmldata: ElementTree.Element) -> None:
         """The driver sends C{xmldata}."""
-        if self._send is not None:
-            self._send(ElementTree.tostring(xmldata) + b"\n")
+        send = self._send
+        if send is None:
+            return
+        send(ElementTree.tostring(xmldata) + b"\n")
+        device = xmldata.get("device")
+        if xmldata.tag == "getProperties" and device is not None:
+            send(wire.enable_blob("Also", device, xmldata.get("name")).raw)
 
     async def run_rx(self) -> None:
         """The driver's receiving side: L{messageReceived} does that."""

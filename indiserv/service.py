@@ -19,7 +19,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import asyncioreactor, defer, process
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -119,9 +123,11 @@ def _asyncio_reactor_on(loop: asyncio.AbstractEventLoop) -> Any:
 class Milestone(defer.Deferred[Any]):
     """
     A Deferred for a moment in the server's life (L{IndiServer.listening},
-    L{IndiServer.stopped}) that asyncio code can await too, also as
+    L{IndiServer.stopped}) that asyncio tasks can await too, also as
     IPyServer's C{stopped} event: C{await server.stopped.wait()}.
     """
+
+    _future: asyncio.Future[Any] | None = None
 
     def __await__(self) -> Any:
         try:
@@ -130,10 +136,15 @@ class Milestone(defer.Deferred[Any]):
             task = None
         if task is None:
             return super().__await__()
-        # A copy, so that cancelling the awaiting task leaves this alone.
-        copy: defer.Deferred[Any] = defer.Deferred()
-        self.addBoth(lambda result: (copy.callback(result), result)[1])
-        return copy.asFuture(asyncio.get_running_loop()).__await__()
+        if self._future is None:
+            # One future for every asyncio awaiter, fed from a copy of the
+            # result, so that this Deferred's own chain is left alone.
+            copy: defer.Deferred[Any] = defer.Deferred()
+            self.addBoth(lambda result: (copy.callback(result), result)[1])
+            self._future = copy.asFuture(asyncio.get_running_loop())
+        # Shielded: an awaiter that is cancelled (asyncio.wait_for) leaves
+        # the future for the others and nothing behind.
+        return asyncio.shield(self._future).__await__()
 
     async def wait(self) -> None:
         """Wait for this moment (IPyServer's C{stopped.wait()})."""
@@ -142,6 +153,25 @@ class Milestone(defer.Deferred[Any]):
     def is_set(self) -> bool:
         """Whether this moment has come (IPyServer's C{stopped.is_set()})."""
         return self.called
+
+
+@implementer(IStreamClientEndpoint)
+class _EndpointWhenUsed:
+    """
+    A client endpoint made from its description when first used: making
+    some (C{tls:}) asks the reactor about itself, which would install the
+    default reactor before asyncrun() can install the asyncio one.
+    """
+
+    def __init__(self, reactor: Any, description: str):
+        self._reactor = reactor
+        self._description = description
+        self._endpoint: IStreamClientEndpoint | None = None
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        if self._endpoint is None:
+            self._endpoint = clientFromString(self._reactor, self._description)
+        return self._endpoint.connect(factory)
 
 
 class _InstalledReactor:
@@ -363,7 +393,7 @@ class IndiServer(MultiService):
         else:
             escaped = host.replace(":", "\\:")
             description, address = f"tcp:host={escaped}:port={int(port)}", f"{host}:{port}"
-        endpoint = clientFromString(self.reactor, description)
+        endpoint = _EndpointWhenUsed(self.reactor, description)
         remote = RemoteService(
             self.router,
             endpoint,
@@ -419,9 +449,26 @@ class IndiServer(MultiService):
         self.router.message_log = daylog.record
         return daylog
 
-    def send_message(self, message: str, timestamp: datetime | None = None) -> None:
-        """Send a C{message} from the server to every client."""
+    def send_message(
+        self, message: str, timestamp: datetime | None = None
+    ) -> defer.Deferred[None]:
+        """
+        Send a C{message} from the server to every client.  It is sent at
+        once; the fired Deferred returned lets IPyServer code C{await} it.
+        """
         self.router.send_message(message, timestamp)
+        return defer.succeed(None)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except BaseException as e:
+            # Nobody waits for ever on a server that never started.
+            if not self.listening.called:
+                self.listening.errback(e)
+                self.listening.addErrback(lambda _: None)
+            self._fire_stopped(None)
+            raise
 
     def shutdown(self, shutdownmessage: str = "") -> defer.Deferred[None]:
         """
@@ -526,6 +573,11 @@ class IndiServer(MultiService):
         finally:
             for signum in handlers:
                 loop.remove_signal_handler(signum)
+            # The reactor's shutdown never comes under asyncio.run: stop its
+            # thread pool (host names are resolved there), whose threads
+            # would keep the program from exiting.
+            if getattr(reactor, "threadpool", None) is not None:
+                reactor.threadpool.stop()
 
     def _stop_with_reactor(self) -> defer.Deferred[None] | None:
         if self.running:

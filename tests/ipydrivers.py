@@ -18,6 +18,7 @@ THERMOSTAT = "Thermostat"
 CAMERA = "Pocket Camera"
 WATCHER = "Scope Watcher"
 GPS = "GPS Simulator"
+FRAME_WATCHER = "Frame Watcher"
 
 
 class ThermostatDriver(ipd.IPyDriver):
@@ -103,6 +104,62 @@ class GPSDriver(ipd.IPyDriver):
         while not self.stop:
             await location.send_setVector()
             await asyncio.sleep(0.5)
+
+
+class DyingDriver(ThermostatDriver):
+    """A thermostat whose hardware fails once a client sets its target."""
+
+    async def rxevent(self, event: object) -> None:
+        self.failing.set()
+
+    async def hardware(self) -> None:
+        self.failing = asyncio.Event()
+        await self.failing.wait()
+        raise RuntimeError("the heater caught fire")
+
+
+def dying() -> DyingDriver:
+    """A thermostat that fails when set (its asyncrun ends by itself)."""
+    driver = thermostat()
+    driver.__class__ = DyingDriver
+    return driver
+
+
+class StubbornDriver(ThermostatDriver):
+    """A thermostat whose hardware loop never looks at self.stop."""
+
+    async def hardware(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+
+
+def stubborn() -> StubbornDriver:
+    """A thermostat that ignores shutdown() (its task has to be cancelled)."""
+    driver = thermostat()
+    driver.__class__ = StubbornDriver
+    return driver
+
+
+class FrameWatcherDriver(ipd.IPyDriver):
+    """Snoops the camera's IMAGE and counts the frames it sees."""
+
+    async def hardware(self) -> None:
+        await self.send_getProperties(CAMERA, "IMAGE")
+
+    async def snoopevent(self, event: object) -> None:
+        if isinstance(event, ipd.setBLOBVector):
+            frames = self[FRAME_WATCHER]["FRAMES"]
+            frames["COUNT"] = str(int(float(frames["COUNT"])) + 1)
+            await frames.send_setVector(state="Ok")
+
+
+def frame_watcher() -> FrameWatcherDriver:
+    """A device whose FRAMES.COUNT counts the camera's snooped BLOBs."""
+    frames = ipd.NumberVector(
+        name="FRAMES", label="Frames", group="Snoop", perm="ro", state="Idle",
+        numbermembers=[ipd.NumberMember(name="COUNT", label="Count", format="%g", membervalue="0")],
+    )
+    return FrameWatcherDriver(ipd.Device(FRAME_WATCHER, [frames]))
 
 
 def gps() -> GPSDriver:

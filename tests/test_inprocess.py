@@ -10,26 +10,31 @@ indipyclient and the test's own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
 import textwrap
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from indiserv import IndiServer, wire
-from indiserv.inprocess import IInProcessDriver, IPyDriverAdapter, WrongReactor
+from indiserv.inprocess import IInProcessDriver, InProcessLink, IPyDriverAdapter, WrongReactor
+from indiserv.router import Router
+from indiserv.service import Milestone
 from indiserv.simulator import DEVICE, Simulator
 
-from .ipydrivers import CAMERA, THERMOSTAT, WATCHER, camera, thermostat
+from .ipydrivers import CAMERA, FRAME_WATCHER, THERMOSTAT, WATCHER, camera, thermostat
 from .support import (
     PACKAGE_ROOT,
     child_env,
+    attached_client,
     child_processes,
     client_of,
     require_programs,
@@ -46,14 +51,16 @@ class Recorder:
 
     name = "recorder"
 
-    def __init__(self, output: bytes = b"<getProperties version='1.7'/>"):
+    def __init__(self, output: bytes = b"<getProperties version='1.7'/>", ended=None):
         self.output = output
+        self.ended = ended
         self.received: list[wire.Message] = []
         self.stopped = False
 
     def start(self, send):
         self.send = send
         send(self.output)
+        return self.ended
 
     def messageReceived(self, message):
         self.received.append(message)
@@ -107,15 +114,28 @@ class TwistedNativeTests(TestCase):
     def test_bad_output_dropped_and_logged(self):
         """Malformed XML from an in-process driver is logged and dropped; what follows still routes."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        recorder = Recorder(b"<setNumberVector device='X'><oops></setNumberVector>"
-                            + wire.message("still here", device="X").raw)
+        recorder = Recorder()
         server = yield serve(self, inprocess=[recorder])
-        client = yield client_of(self, server)
-        yield server.send_message("hello")
+        client = yield attached_client(self, server)
+        recorder.send(b"<setNumberVector device='X'><oops></setNumberVector>"
+                      + wire.message("still here", device="X").raw)
         message = yield client.wait_for(lambda m: m.tag == "message")
-        self.assertEqual(message.attrs["message"], "hello")
-        self.assertTrue(any("bad output of recorder" in e["log_format"].format(**e)
-                            for e in logged if "driver" in e))
+        self.assertEqual(message.attrs["message"], "still here")
+        self.assertTrue(any("bad output of recorder" in formatEvent(e) for e in logged))
+
+    @defer.inlineCallbacks
+    def test_driver_ending_by_itself_detached(self):
+        """An in-process driver whose start() Deferred fires has its devices withdrawn from clients."""
+        ended: defer.Deferred[None] = defer.Deferred()
+        recorder = Recorder(ended=ended)
+        server = yield serve(self, inprocess=[recorder])
+        client = yield attached_client(self, server)
+        recorder.send(b"<defTextVector device='Rec' name='T'><defText name='A'>a</defText></defTextVector>")
+        yield client.wait_for(lambda m: m.tag == "defTextVector")
+        ended.callback(None)
+        gone = yield client.wait_for(lambda m: m.tag == "delProperty")
+        self.assertEqual(gone.device, "Rec")
+        self.assertNotIn("Rec", server.router.owners)
 
     @defer.inlineCallbacks
     def test_stopped_with_server(self):
@@ -124,6 +144,64 @@ class TwistedNativeTests(TestCase):
         server = yield serve(self, inprocess=[recorder])
         yield server.shutdown()
         self.assertTrue(recorder.stopped)
+
+
+class InProcessLinkTests(SynchronousTestCase):
+    """How routed messages reach an in-process driver."""
+
+    def test_answer_during_delivery_waits_its_turn(self):
+        """A message routed to a driver while it handles another waits, in order, until that one is handled."""
+        router = Router(clock=Clock())
+
+        @implementer(IInProcessDriver)
+        class Echoing(Recorder):
+            depth = 0
+            deepest = 0
+
+            def messageReceived(self, message):
+                self.depth += 1
+                self.deepest = max(self.deepest, self.depth)
+                super().messageReceived(message)
+                if message.name == "first":
+                    link.send(wire.message("echo", device="E"))
+                self.depth -= 1
+
+        driver = Echoing()
+        link = InProcessLink(driver)
+        router.add_link(link)
+        router.begin_batch()
+        link.send(wire.del_property("E", "first"))
+        link.send(wire.del_property("E", "second"))
+        router.end_batch()
+        order = [m.name or m.attrs.get("message") for m in driver.received]
+        self.assertEqual(order, ["first", "second", "echo"])
+        self.assertEqual(driver.deepest, 1)  # never re-entered
+
+
+class MilestoneTests(SynchronousTestCase):
+    """listening and stopped, awaited from asyncio code."""
+
+    def test_asyncio_awaiters_share_one_callback(self):
+        """Timed-out asyncio waits leave nothing behind; a later one still gets the result."""
+        milestone = Milestone()
+
+        async def poll():
+            for _ in range(50):
+                try:
+                    await asyncio.wait_for(milestone.wait(), 0.001)
+                except asyncio.TimeoutError:
+                    pass
+            asyncio.get_running_loop().call_soon(milestone.callback, "done")
+            return await milestone
+
+        self.assertEqual(asyncio.run(poll()), "done")
+        self.assertLessEqual(len(milestone.callbacks), 1)
+
+    def test_plain_deferred_for_twisted(self):
+        """Outside asyncio a Milestone is an ordinary Deferred."""
+        milestone = Milestone()
+        milestone.callback(3)
+        self.assertEqual(self.successResultOf(milestone), 3)
 
 
 class IPyDriverConstructionTests(SynchronousTestCase):
@@ -282,6 +360,80 @@ class AsyncRunTests(TestCase):
         yield self.output.ended
         self.assertIn(b"AsyncioSelectorReactor", self.output.output)
         self.assertEqual(self.process.status, 0)
+
+    @defer.inlineCallbacks
+    def test_ipydriver_ending_by_itself_detached(self):
+        """An IPyDriver whose asyncrun fails has its devices withdrawn, and the server goes on."""
+        port = yield self.start("dying(), thermostat2(), ", DYING)
+        server = _Port(port)
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
+        client.say(
+            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
+            "<oneNumber name='TARGET'>30</oneNumber></newNumberVector>".encode()
+        )
+        gone = yield client.wait_for(lambda m: m.tag == "delProperty")
+        self.assertEqual(gone.device, THERMOSTAT)
+        out = yield self.getprop(port, "Second.TARGET.TARGET")
+        self.assertEqual(out.strip(), "Second.TARGET.TARGET=15")
+        self.assertIn(b"the heater caught fire", self.output.output)
+
+    @defer.inlineCallbacks
+    def test_stubborn_ipydriver_cancelled_on_shutdown(self):
+        """An IPyDriver that ignores shutdown() is cancelled after stop_timeout and asyncrun() still ends."""
+        yield self.start("stubborn(), ", STUBBORN)
+        self.process.signalProcess("TERM")
+        yield self.output.ended
+        self.assertIn(b"did not end in time and was cancelled", self.output.output)
+        self.assertEqual(self.process.status, 0)
+
+    @defer.inlineCallbacks
+    def test_shutdown_before_driver_ran(self):
+        """A driver added and shut down in the same turn does not start anyway; asyncrun() ends."""
+        yield self.start(script=ADDED_AND_SHUT)
+        yield self.output.ended
+        self.assertIn(b"asyncrun ended", self.output.output)
+        self.assertEqual(self.process.status, 0)
+
+    @defer.inlineCallbacks
+    def test_host_name_remote_does_not_hold_up_exit(self):
+        """With a remote named by host name (resolved in Twisted's threads) the program still exits."""
+        lower = yield serve(self)
+        yield self.start(script=NAMED_REMOTE.format(port=lower.port))
+        yield lower.listening
+        self.process.signalProcess("TERM")
+        yield self.output.ended
+        self.assertIn(b"asyncio.run returned", self.output.output)
+
+    @defer.inlineCallbacks
+    def test_port_in_use_fails_listening(self):
+        """When the port cannot be bound, an asyncio task awaiting server.listening gets the error."""
+        taken = yield serve(self)
+        self.output = _Collect(rb"listening failed: \w+")
+        path = os.path.join(self.home, "taken.py")
+        with open(path, "w") as f:
+            f.write(LISTENING_FAILS.format(port=taken.port))
+        self.process = reactor.spawnProcess(
+            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
+        )
+        found = yield self.output.seen
+        self.assertIn(b"CannotListenError", found.group(0))
+        yield self.output.ended
+
+    @defer.inlineCallbacks
+    def test_ipydriver_snoops_blobs(self):
+        """An IPyDriver snooping a camera's BLOB vector gets its frames (it asks for BLOBs as it snoops)."""
+        extra = "from tests.ipydrivers import camera, frame_watcher"
+        port = yield self.start("camera(), frame_watcher(), ", extra)
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{CAMERA}.EXPOSE.EXPOSE=On"
+        )
+        self.assertEqual(code, 0)
+        out, code = yield self.tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "10", "-w",
+            f'"{FRAME_WATCHER}.FRAMES.COUNT">=1',
+        )
+        self.assertEqual(code, 0)
 
     @defer.inlineCallbacks
     def test_indipyclient_sets_ipydriver(self):
@@ -460,6 +612,74 @@ def report(port):
 server = IndiServer(thermostat(), host="127.0.0.1", port=0)
 server.listening.addCallback(report)
 server.run()
+"""
+
+DYING = """
+from tests.ipydrivers import dying, thermostat
+
+def thermostat2():
+    driver = thermostat()
+    driver.data["Second"] = driver.data.pop("Thermostat")
+    driver.data["Second"].devicename = "Second"
+    for vector in driver.data["Second"].values():
+        vector.devicename = "Second"
+    return driver
+"""
+
+STUBBORN = """
+from tests.ipydrivers import stubborn
+from indiserv.inprocess import IPyDriverAdapter
+IPyDriverAdapter.stop_timeout = 0.5
+"""
+
+ADDED_AND_SHUT = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+from tests.ipydrivers import thermostat
+
+server = IndiServer(host="127.0.0.1", port=0)
+
+async def main():
+    running = asyncio.ensure_future(server.asyncrun())
+    await server.listening
+    server.add_ipydriver(thermostat())
+    server.shutdown()
+    await running
+    print("asyncrun ended", flush=True)
+
+asyncio.run(main())
+"""
+
+NAMED_REMOTE = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+
+server = IndiServer(host="127.0.0.1", port=0)
+server.add_remote("localhost", {port})
+asyncio.run(server.asyncrun())
+print("asyncio.run returned", flush=True)
+"""
+
+LISTENING_FAILS = """
+import asyncio
+from indiserv import IndiServer
+
+server = IndiServer(host="127.0.0.1", port={port})
+
+async def main():
+    running = asyncio.ensure_future(server.asyncrun())
+    try:
+        await server.listening
+    except Exception as e:
+        print("listening failed:", type(e).__name__, flush=True)
+    try:
+        await running
+    except Exception:
+        pass
+
+asyncio.run(main())
 """
 
 ADDED_LATER = """
