@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
@@ -563,6 +564,12 @@ class IndiServer(MultiService):
                 loop.add_signal_handler(signum, handler)
             except (ValueError, RuntimeError, NotImplementedError):
                 del handlers[signum]  # not the main thread: no signals here
+        reaping = None
+        if signal.SIGCHLD not in handlers:
+            # Without SIGCHLD, look for exited drivers every second.
+            reaping = LoopingCall(process.reapAllProcesses)
+            reaping.clock = reactor
+            reaping.start(1.0)
         process.reapAllProcesses()
         try:
             self.startService()
@@ -571,6 +578,8 @@ class IndiServer(MultiService):
             await self.shutdown()
             raise
         finally:
+            if reaping is not None:
+                reaping.stop()
             for signum in handlers:
                 loop.remove_signal_handler(signum)
             # The reactor's shutdown never comes under asyncio.run: stop its

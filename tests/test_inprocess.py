@@ -509,6 +509,19 @@ class AsyncRunTests(TestCase):
         self.assertFalse([pid for pid in drivers if os.path.exists(f"/proc/{pid}")])
 
     @defer.inlineCallbacks
+    def test_asyncrun_in_a_thread_reaps_drivers(self):
+        """asyncrun() in a thread without signals still notices a driver that closed its pipes before exiting."""
+        self.output = _Collect(rb"sh exited; restart 1")
+        path = os.path.join(self.home, "thread.py")
+        with open(path, "w") as f:
+            f.write(IN_A_THREAD)
+        self.process = reactor.spawnProcess(
+            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
+        )
+        self.addCleanup(self.terminate)
+        yield self.output.seen
+
+    @defer.inlineCallbacks
     def test_ctrl_c_shuts_down_and_reaps(self):
         """Ctrl-C (SIGINT) stops the drivers before asyncio.run raises KeyboardInterrupt."""
         port = yield self.start()
@@ -612,6 +625,18 @@ def report(port):
 server = IndiServer(thermostat(), host="127.0.0.1", port=0)
 server.listening.addCallback(report)
 server.run()
+"""
+
+IN_A_THREAD = """
+import asyncio, logging, threading
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+
+server = IndiServer(host="127.0.0.1", port=0)
+# Its pipes close at once, so only reaping tells that it ended a moment later.
+server.add_exdriver("sh", "-c", "exec 0<&- 1>&- 2>&-; exec sleep 0.3")
+threading.Thread(target=asyncio.run, args=(server.asyncrun(),), daemon=True).start()
+threading.Event().wait(30)
 """
 
 DYING = """
