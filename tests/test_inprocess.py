@@ -226,6 +226,11 @@ class IPyDriverConstructionTests(SynchronousTestCase):
         verifyObject(IInProcessDriver, adapter)
         self.assertEqual(adapter.devices, [CAMERA])
 
+    def test_send_message_awaitable(self):
+        """send_message returns a fired Deferred, so IPyServer's 'await server.send_message(...)' works."""
+        server = IndiServer(port=0)
+        self.assertIsNone(self.successResultOf(server.send_message("hello")))
+
     def test_not_a_driver_refused(self):
         """Anything else given as a driver is a TypeError."""
         self.assertRaises(TypeError, IndiServer, object(), port=0)
@@ -404,6 +409,16 @@ class AsyncRunTests(TestCase):
         self.process.signalProcess("TERM")
         yield self.output.ended
         self.assertIn(b"asyncio.run returned", self.output.output)
+
+    @defer.inlineCallbacks
+    def test_remotes_leave_reactor_choice_open(self):
+        """Adding remotes of every kind installs no reactor, so asyncrun() can still install asyncio's."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-c", NO_REACTOR_YET], env=self.env, path=PACKAGE_ROOT
+        )
+        self.assertEqual((out.strip(), code), (b"reactor installed: False", 0), err)
 
     @defer.inlineCallbacks
     def test_port_in_use_fails_listening(self):
@@ -685,6 +700,16 @@ server = IndiServer(host="127.0.0.1", port=0)
 server.add_remote("localhost", {port})
 asyncio.run(server.asyncrun())
 print("asyncio.run returned", flush=True)
+"""
+
+NO_REACTOR_YET = """
+import sys
+from indiserv import IndiServer
+server = IndiServer(host="127.0.0.1", port=0)
+server.add_remote("tls:localhost:7624")
+server.add_remote("localhost", 7624)
+server.add_remote("tcp:host=127.0.0.1:port=7624")
+print("reactor installed:", "twisted.internet.reactor" in sys.modules)
 """
 
 LISTENING_FAILS = """
