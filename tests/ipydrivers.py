@@ -34,8 +34,10 @@ class ThermostatDriver(ipd.IPyDriver):
         await self.send_message("thermostat ready")
 
 
-def thermostat() -> ThermostatDriver:
-    """A thermostat device with a settable target (a NumberVector)."""
+def thermostat(
+    device: str = THERMOSTAT, kind: type[ThermostatDriver] = ThermostatDriver
+) -> ThermostatDriver:
+    """A thermostat C{device} with a settable target (a NumberVector), driven by C{kind}."""
     target = ipd.NumberMember(
         name="TARGET", label="Target", format="%3.1f", min="-50", max="99", step="0.1",
         membervalue="15",
@@ -44,7 +46,16 @@ def thermostat() -> ThermostatDriver:
         name="TARGET", label="Target", group="Control", perm="rw", state="Ok",
         numbermembers=[target],
     )
-    return ThermostatDriver(ipd.Device(THERMOSTAT, [vector]))
+    return kind(ipd.Device(device, [vector]))
+
+
+def _readout(device: str, vector: str, member: str, value: str) -> ipd.Device:
+    """A device showing one read-only number, C{vector.member}, in group Snoop."""
+    number = ipd.NumberMember(name=member, label=member.title(), format="%g", membervalue=value)
+    return ipd.Device(device, [ipd.NumberVector(
+        name=vector, label=vector.replace("_", " ").title(), group="Snoop", perm="ro",
+        state="Idle", numbermembers=[number],
+    )])
 
 
 class CameraDriver(ipd.IPyDriver):
@@ -89,11 +100,7 @@ class WatcherDriver(ipd.IPyDriver):
 
 def watcher() -> WatcherDriver:
     """A device whose SEEN_RA copies the snooped telescope's RA."""
-    seen = ipd.NumberVector(
-        name="SEEN_RA", label="Seen RA", group="Snoop", perm="ro", state="Idle",
-        numbermembers=[ipd.NumberMember(name="RA", label="RA", format="%g", membervalue="-1")],
-    )
-    return WatcherDriver(ipd.Device(WATCHER, [seen]))
+    return WatcherDriver(_readout(WATCHER, "SEEN_RA", "RA", "-1"))
 
 
 class GPSDriver(ipd.IPyDriver):
@@ -118,11 +125,9 @@ class DyingDriver(ThermostatDriver):
         raise RuntimeError("the heater caught fire")
 
 
-def dying() -> DyingDriver:
+def dying() -> ThermostatDriver:
     """A thermostat that fails when set (its asyncrun ends by itself)."""
-    driver = thermostat()
-    driver.__class__ = DyingDriver
-    return driver
+    return thermostat(kind=DyingDriver)
 
 
 class StubbornDriver(ThermostatDriver):
@@ -133,11 +138,9 @@ class StubbornDriver(ThermostatDriver):
             await asyncio.sleep(0.05)
 
 
-def stubborn() -> StubbornDriver:
+def stubborn() -> ThermostatDriver:
     """A thermostat that ignores shutdown() (its task has to be cancelled)."""
-    driver = thermostat()
-    driver.__class__ = StubbornDriver
-    return driver
+    return thermostat(kind=StubbornDriver)
 
 
 class FrameWatcherDriver(ipd.IPyDriver):
@@ -155,11 +158,7 @@ class FrameWatcherDriver(ipd.IPyDriver):
 
 def frame_watcher() -> FrameWatcherDriver:
     """A device whose FRAMES.COUNT counts the camera's snooped BLOBs."""
-    frames = ipd.NumberVector(
-        name="FRAMES", label="Frames", group="Snoop", perm="ro", state="Idle",
-        numbermembers=[ipd.NumberMember(name="COUNT", label="Count", format="%g", membervalue="0")],
-    )
-    return FrameWatcherDriver(ipd.Device(FRAME_WATCHER, [frames]))
+    return FrameWatcherDriver(_readout(FRAME_WATCHER, "FRAMES", "COUNT", "0"))
 
 
 def gps() -> GPSDriver:

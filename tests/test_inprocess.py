@@ -19,6 +19,7 @@ import textwrap
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -251,6 +252,10 @@ asyncio.run(server.asyncrun())
 """
 
 
+#: What a server program logs once it listens, with its port.
+LISTENING = rb"listening on .*port=(\d+)"
+
+
 class AsyncRunTests(TestCase):
     """C{asyncio.run(server.asyncrun())} in a real program, as with IPyServer."""
 
@@ -264,18 +269,26 @@ class AsyncRunTests(TestCase):
         os.makedirs(self.home)
         self.env = child_env(HOME=self.home)
 
+    def program(self, script: str) -> list[str]:
+        """The command line of a Python program made of C{script}."""
+        path = os.path.join(self.home, "example.py")
+        with open(path, "w") as f:
+            f.write(script)
+        return [sys.executable, path]
+
+    def spawn(self, argv: list[str], pattern: bytes = LISTENING) -> defer.Deferred:
+        """Run C{argv}, with this indiserv; fire with the match once C{pattern} is in its output."""
+        self.output = _Collect(pattern)
+        self.process = reactor.spawnProcess(
+            self.output, argv[0], argv, env=self.env, path=PACKAGE_ROOT
+        )
+        self.addCleanup(self.terminate)
+        return self.output.seen
+
     @defer.inlineCallbacks
     def start(self, drivers: str = "", extra: str = "", script: str = EXAMPLE):
         """Run the example program; fire with its port once it listens."""
-        path = os.path.join(self.home, "example.py")
-        with open(path, "w") as f:
-            f.write(script.format(drivers=drivers, extra=extra))
-        self.output = _Collect(rb"listening on .*port=(\d+)")
-        self.process = reactor.spawnProcess(
-            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
-        )
-        self.addCleanup(self.terminate)
-        found = yield self.output.seen
+        found = yield self.spawn(self.program(script.format(drivers=drivers, extra=extra)))
         return int(found.group(1))
 
     def terminate(self):
@@ -285,10 +298,12 @@ class AsyncRunTests(TestCase):
 
     @defer.inlineCallbacks
     def tool(self, *argv: str):
-        from twisted.internet.utils import getProcessOutputAndValue
-
-        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=self.env)
+        out, err, code = yield self.run_to_end(*argv)
         return out.decode(), code
+
+    def run_to_end(self, *argv: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        """Run C{argv}, with this indiserv, until it ends: its stdout, stderr and status."""
+        return getProcessOutputAndValue(argv[0], argv[1:], env=self.env, path=PACKAGE_ROOT)
 
     @defer.inlineCallbacks
     def getprop(self, port: int, spec: str):
@@ -347,13 +362,8 @@ class AsyncRunTests(TestCase):
         port = yield self.start("thermostat(), ", "from tests.ipydrivers import thermostat")
         upper = yield serve(self, remotes=(port,))
         client = yield client_of(self, upper)
-        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
-        client.say(
-            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
-            "<oneNumber name='TARGET'>42</oneNumber></newNumberVector>".encode()
-        )
-        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
-        self.assertRegex(update.raw.decode(), r">\s*42(\.0)?\s*<")
+        answer = yield set_target(client, 42)
+        self.assertRegex(answer.raw.decode(), r">\s*42(\.0)?\s*<")
 
     @defer.inlineCallbacks
     def test_run_installs_asyncio_reactor_for_ipydrivers(self):
@@ -369,14 +379,11 @@ class AsyncRunTests(TestCase):
     @defer.inlineCallbacks
     def test_ipydriver_ending_by_itself_detached(self):
         """An IPyDriver whose asyncrun fails has its devices withdrawn, and the server goes on."""
-        port = yield self.start("dying(), thermostat2(), ", DYING)
+        port = yield self.start("dying(), thermostat('Second'), ", DYING)
         server = _Port(port)
         client = yield client_of(self, server)
         yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
-        client.say(
-            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
-            "<oneNumber name='TARGET'>30</oneNumber></newNumberVector>".encode()
-        )
+        client.say(new_target(30))
         gone = yield client.wait_for(lambda m: m.tag == "delProperty")
         self.assertEqual(gone.device, THERMOSTAT)
         out = yield self.getprop(port, "Second.TARGET.TARGET")
@@ -413,25 +420,16 @@ class AsyncRunTests(TestCase):
     @defer.inlineCallbacks
     def test_remotes_leave_reactor_choice_open(self):
         """Adding remotes of every kind installs no reactor, so asyncrun() can still install asyncio's."""
-        from twisted.internet.utils import getProcessOutputAndValue
-
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable, ["-c", NO_REACTOR_YET], env=self.env, path=PACKAGE_ROOT
-        )
+        out, err, code = yield self.run_to_end(sys.executable, "-c", NO_REACTOR_YET)
         self.assertEqual((out.strip(), code), (b"reactor installed: False", 0), err)
 
     @defer.inlineCallbacks
     def test_port_in_use_fails_listening(self):
         """When the port cannot be bound, an asyncio task awaiting server.listening gets the error."""
         taken = yield serve(self)
-        self.output = _Collect(rb"listening failed: \w+")
-        path = os.path.join(self.home, "taken.py")
-        with open(path, "w") as f:
-            f.write(LISTENING_FAILS.format(port=taken.port))
-        self.process = reactor.spawnProcess(
-            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
+        found = yield self.spawn(
+            self.program(LISTENING_FAILS.format(port=taken.port)), rb"listening failed: \w+"
         )
-        found = yield self.output.seen
         self.assertIn(b"CannotListenError", found.group(0))
         yield self.output.ended
 
@@ -526,15 +524,7 @@ class AsyncRunTests(TestCase):
     @defer.inlineCallbacks
     def test_asyncrun_in_a_thread_reaps_drivers(self):
         """asyncrun() in a thread without signals still notices a driver that closed its pipes before exiting."""
-        self.output = _Collect(rb"sh exited; restart 1")
-        path = os.path.join(self.home, "thread.py")
-        with open(path, "w") as f:
-            f.write(IN_A_THREAD)
-        self.process = reactor.spawnProcess(
-            self.output, sys.executable, [sys.executable, path], env=self.env, path=PACKAGE_ROOT
-        )
-        self.addCleanup(self.terminate)
-        yield self.output.seen
+        yield self.spawn(self.program(IN_A_THREAD), rb"sh exited; restart 1")
 
     @defer.inlineCallbacks
     def test_ctrl_c_shuts_down_and_reaps(self):
@@ -559,29 +549,20 @@ class AsyncRunTests(TestCase):
     @defer.inlineCallbacks
     def test_twistd_asyncio_reactor_ipydriver_factory(self):
         """twistd --reactor=asyncio -n indiserver --ipydriver MODULE:FACTORY serves the driver."""
-        self.output = _Collect(rb"listening on .*port=(\d+)")
-        self.process = reactor.spawnProcess(
-            self.output, sys.executable,
+        found = yield self.spawn(
             [sys.executable, "-c", TWISTD, "--reactor=asyncio", "-n", "--pidfile=",
              "indiserver", "--port", "0", "--host", "127.0.0.1",
-             "--ipydriver", "tests.ipydrivers:thermostat"],
-            env=self.env, path=PACKAGE_ROOT,
+             "--ipydriver", "tests.ipydrivers:thermostat"]
         )
-        self.addCleanup(self.terminate)
-        found = yield self.output.seen
         out = yield self.getprop(int(found.group(1)), f"{THERMOSTAT}.TARGET.TARGET")
         self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
 
     @defer.inlineCallbacks
     def test_twistd_without_asyncio_reactor_says_what_to_do(self):
         """twistd -n indiserver --ipydriver without the asyncio reactor exits with the fix."""
-        from twisted.internet.utils import getProcessOutputAndValue
-
-        out, err, code = yield getProcessOutputAndValue(
-            sys.executable,
-            ["-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0",
-             "--ipydriver", "tests.ipydrivers:thermostat"],
-            env=self.env, path=PACKAGE_ROOT,
+        out, err, code = yield self.run_to_end(
+            sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0",
+            "--ipydriver", "tests.ipydrivers:thermostat",
         )
         self.assertNotEqual(code, 0)
         self.assertIn(b"twistd --reactor=asyncio -n indiserver --ipydriver", out + err)
@@ -597,13 +578,8 @@ class ExecutableIPyDriverTests(TestCase):
         """Served as an executable driver, the thermostat answers a new*Vector as it does in process."""
         server = yield serve(self, [sys.executable, "-m", "tests.ipydrivers", "thermostat"])
         client = yield client_of(self, server)
-        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
-        client.say(
-            f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
-            "<oneNumber name='TARGET'>30</oneNumber></newNumberVector>".encode()
-        )
-        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
-        self.assertRegex(update.raw.decode(), r">\s*30(\.0)?\s*<")
+        answer = yield set_target(client, 30)
+        self.assertRegex(answer.raw.decode(), r">\s*30(\.0)?\s*<")
 
 
 INDIPYCLIENT = textwrap.dedent("""
@@ -654,17 +630,7 @@ threading.Thread(target=asyncio.run, args=(server.asyncrun(),), daemon=True).sta
 threading.Event().wait(30)
 """
 
-DYING = """
-from tests.ipydrivers import dying, thermostat
-
-def thermostat2():
-    driver = thermostat()
-    driver.data["Second"] = driver.data.pop("Thermostat")
-    driver.data["Second"].devicename = "Second"
-    for vector in driver.data["Second"].values():
-        vector.devicename = "Second"
-    return driver
-"""
+DYING = "from tests.ipydrivers import dying, thermostat"
 
 STUBBORN = """
 from tests.ipydrivers import stubborn
@@ -771,9 +737,7 @@ class Stopper(ThermostatDriver):
     async def rxevent(self, event):
         server.shutdown()
 
-driver = thermostat()
-driver.__class__ = Stopper
-server = IndiServer(driver, host="127.0.0.1", port=0)
+server = IndiServer(thermostat(kind=Stopper), host="127.0.0.1", port=0)
 
 async def main():
     running = asyncio.ensure_future(server.asyncrun())
@@ -783,6 +747,23 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def new_target(value: int) -> bytes:
+    """A client's command setting the thermostat's TARGET to C{value}."""
+    return (
+        f"<newNumberVector device='{THERMOSTAT}' name='TARGET'>"
+        f"<oneNumber name='TARGET'>{value}</oneNumber></newNumberVector>"
+    ).encode()
+
+
+@defer.inlineCallbacks
+def set_target(client, value: int):
+    """Once the thermostat is defined, set its TARGET from C{client}; fire with the answer."""
+    yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == THERMOSTAT)
+    client.say(new_target(value))
+    answer = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+    return answer
 
 
 class _Port:
