@@ -256,30 +256,31 @@ def check_alone(message: Message, limits: Limits) -> None:
         raise Failure(f"emitted {message.raw!r} is not well-formed: {e}") from e
 
 
+def same_either_way(
+    limits: Limits, data: bytes, chunks: list[bytes], which: str = ""
+) -> tuple[list[object], list[object]]:
+    """Invariant 3: C{data} read whole and in C{chunks} gives the same events; both."""
+    whole = run(limits, [data])
+    split = run(limits, chunks)
+    if comparable(whole) != comparable(split):
+        raise Failure(
+            f"{which}whole != split:\n {comparable(whole)!r}\n {comparable(split)!r}"
+        )
+    return whole, split
+
+
 def check(data: bytes, cuts: list[int]) -> None:
     """All four invariants for one stream and one way of cutting it."""
     chunks = chunked(data, cuts)
     try:
-        whole = run(SMALL_LIMITS, [data])
-        split = run(SMALL_LIMITS, chunks)
-        if comparable(whole) != comparable(split):
-            raise Failure(
-                f"small limits, whole != split:\n {comparable(whole)!r}\n"
-                f" {comparable(split)!r}"
-            )
+        whole, split = same_either_way(SMALL_LIMITS, data, chunks, "small limits, ")
         roomy = Limits(
             max_element=len(data) + 1,
             max_attributes=SMALL_LIMITS.max_attributes,
             max_attribute_length=max(SMALL_LIMITS.max_attribute_length, len(data)),
             max_depth=SMALL_LIMITS.max_depth,
         )
-        roomy_whole = run(roomy, [data])
-        roomy_split = run(roomy, chunks)
-        if comparable(roomy_whole) != comparable(roomy_split):
-            raise Failure(
-                f"whole != split:\n {comparable(roomy_whole)!r}\n"
-                f" {comparable(roomy_split)!r}"
-            )
+        roomy_whole, _ = same_either_way(roomy, data, chunks)
         for limits, events in ((SMALL_LIMITS, whole + split), (roomy, roomy_whole)):
             for event in events:
                 if isinstance(event, Message):

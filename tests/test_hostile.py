@@ -81,6 +81,15 @@ def raws(data: bytes) -> list[bytes]:
     ]
 
 
+def connection_definition(device: bytes) -> bytes:
+    """A driver's definition of C{device}'s CONNECTION switch."""
+    return (
+        b"<defSwitchVector device='" + device + b"' name='CONNECTION'"
+        b" state='Idle' perm='rw' rule='OneOfMany'>"
+        b"<defSwitch name='CONNECT'>Off</defSwitch></defSwitchVector>\n"
+    )
+
+
 class FakeProcess:
     """A driver's process transport: keeps what the server writes to its stdin."""
 
@@ -605,11 +614,7 @@ class DriverHostileTests(HostileInputMixin, SynchronousTestCase):
         self._drivers += 1
         self.device = b"Hostile %d" % self._drivers
         self.hostile, self.hostile_process = self.attach_driver(f"hostile{self._drivers}")
-        self.hostile.outReceived(
-            b"<defSwitchVector device='" + self.device + b"' name='CONNECTION'"
-            b" state='Idle' perm='rw' rule='OneOfMany'>"
-            b"<defSwitch name='CONNECT'>Off</defSwitch></defSwitchVector>\n"
-        )
+        self.hostile.outReceived(connection_definition(self.device))
         return self.hostile
 
     def say(self, data: bytes) -> None:
@@ -681,11 +686,7 @@ class RemoteHostileTests(DriverHostileTests):
         self.hostile_transport = StringTransport()
         self.hostile.makeConnection(self.hostile_transport)
         self.addCleanup(self.end_hostile)
-        self.say(
-            b"<defSwitchVector device='" + self.device + b"' name='CONNECTION'"
-            b" state='Idle' perm='rw' rule='OneOfMany'>"
-            b"<defSwitch name='CONNECT'>Off</defSwitch></defSwitchVector>\n"
-        )
+        self.say(connection_definition(self.device))
         return self.hostile
 
     def say(self, data: bytes) -> None:

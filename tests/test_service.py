@@ -152,9 +152,7 @@ class IndiServerTests(TestCase):
         server.setServiceParent(application)
         application.startService()
         yield server.listening
-        client = yield connect_client(server.port)
-        client.say(b"<pingRequest uid='x'/>")
-        yield client.wait_for(lambda m: m.tag == "pingReply")
+        client = yield attached_client(self, server)
         yield application.stopService()
         yield client.lost
         self.assertTrue(server.stopped.called)
@@ -237,9 +235,7 @@ class ShutdownTests(TestCase):
         server = IndiServer(host="127.0.0.1", port=0)
         server.startService()
         yield server.listening
-        client = yield connect_client(server.port)
-        client.say(b"<pingRequest uid='1'/>")
-        yield client.wait_for(lambda m: m.tag == "pingReply")
+        client = yield attached_client(self, server)
         yield server.stopService()
         yield client.lost
         said = [m.attrs["message"] for m in client.received if m.tag == "message"]
