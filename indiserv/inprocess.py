@@ -178,19 +178,24 @@ class WrongReactor(RuntimeError):
     """IPyDriver objects need Twisted's asyncio reactor and another one runs."""
 
 
-def require_asyncio_reactor() -> None:
+def require_asyncio_reactor(installed_later: bool = True) -> None:
     """
     Raise L{WrongReactor}, saying what to do, unless the installed reactor
-    (or the one that will be installed) is Twisted's asyncio reactor.
+    is Twisted's asyncio reactor, or none is installed yet and
+    C{installed_later} (IndiServer.run() and asyncrun() install it; twistd
+    would install its default one).
     """
-    if "twisted.internet.reactor" not in sys.modules:
-        return  # IndiServer.run() and asyncrun() install it
-    from twisted.internet import asyncioreactor, reactor
+    from twisted.internet import asyncioreactor
 
+    # The installed reactor, without installing the default one by asking.
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None and installed_later:
+        return
     if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        installed = "no reactor" if reactor is None else type(reactor).__name__
         raise WrongReactor(
             "in-process IPyDriver drivers are asyncio code and need Twisted's"
-            f" asyncio reactor, but {type(reactor).__name__} is installed: run"
+            f" asyncio reactor, but {installed} is installed: run"
             " twistd --reactor=asyncio ..., await IndiServer.asyncrun() inside"
             " asyncio.run(), or call twisted.internet.asyncioreactor.install()"
             " before anything imports twisted.internet.reactor"

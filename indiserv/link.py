@@ -38,17 +38,6 @@ DRIVER = "driver"
 REMOTE = "remote"
 
 
-def _idle(writer: Any) -> bool:
-    """Whether C{writer} is a Twisted file descriptor with nothing waiting."""
-    return (
-        isinstance(writer, FileDescriptor)
-        and not writer.dataBuffer
-        and not writer._tempDataBuffer
-        and writer.connected
-        and not writer.disconnecting
-    )
-
-
 def write_now(writer: Any, data: bytes) -> None:
     """
     Write C{data} to C{writer} at once if nothing is waiting there, and
@@ -61,7 +50,13 @@ def write_now(writer: Any, data: bytes) -> None:
     better: the turn writes many together.  Anything else (TLS, test
     transports) is written as usual.
     """
-    if _idle(writer):
+    if (
+        isinstance(writer, FileDescriptor)
+        and not writer.dataBuffer
+        and not writer._tempDataBuffer
+        and writer.connected
+        and not writer.disconnecting
+    ):
         written = writer.writeSomeData(data)
         if isinstance(written, int) and written > 0:
             data = data[written:]
@@ -208,9 +203,10 @@ class Link:
         out = self._out
         if out:
             self._out = []
-            if len(out) == 1 and self.writer is not None:
+            writer = self.writer
+            if len(out) == 1 and writer is not None:
                 # A lone message is most often an answer someone waits for.
-                write_now(self.writer, out[0])
+                write_now(writer, out[0])
             else:
                 # Part of a stream: Twisted's next turn writes it together
                 # with whatever else arrives by then.

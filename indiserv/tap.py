@@ -13,6 +13,7 @@ from typing import Any
 from twisted.python import usage
 
 from indiserv.driver import DriverNotFound, find_driver
+from indiserv.inprocess import WrongReactor, require_asyncio_reactor
 from indiserv.remote import parse_remote
 from indiserv.service import IndiServer, endpoint_description, tls_options, unix_description
 from indiserv.wire import Limits
@@ -235,10 +236,9 @@ def _remote(spec: str) -> tuple[str | None, str, int]:
 
 def _require_asyncio_reactor() -> None:
     """--ipydriver needs twistd's asyncio reactor, chosen before the plugin."""
-    from twisted.internet import asyncioreactor
-
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+    try:
+        require_asyncio_reactor(installed_later=False)
+    except WrongReactor:
         raise usage.UsageError(
             "--ipydriver serves asyncio code and needs Twisted's asyncio"
             " reactor: twistd --reactor=asyncio -n indiserver --ipydriver ..."
