@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -43,10 +44,34 @@ def require_programs(*programs: str) -> None:
     """
     missing = [program for program in programs if shutil.which(program) is None]
     if missing:
-        why = f"needs {', '.join(missing)} (Debian package indi-bin)"
-        if REQUIRE_INTEROP:
-            raise AssertionError(f"INDISERV_REQUIRE_INTEROP=1 but this test {why}")
-        raise SkipTest(why)
+        _cannot_run(f"needs {', '.join(missing)} (Debian package indi-bin)")
+
+
+def _cannot_run(why: str) -> NoReturn:
+    """Skip the test for C{why}, or fail it where CI demands interop."""
+    if REQUIRE_INTEROP:
+        raise AssertionError(f"INDISERV_REQUIRE_INTEROP=1 but this test {why}")
+    raise SkipTest(why)
+
+
+def require_command(name: str) -> str:
+    """
+    The path of the console script C{name} that installing indiserv puts
+    beside Python or on PATH; skip (fail under INDISERV_REQUIRE_INTEROP=1)
+    when indiserv is not installed.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    path = beside if os.access(beside, os.X_OK) else shutil.which(name)
+    if path is None:
+        _cannot_run(f"needs the {name} command (pip install .)")
+    return path
+
+
+def free_port() -> int:
+    """A port number the OS just handed out (for programs that need a number)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class MessageLog:

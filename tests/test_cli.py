@@ -24,7 +24,9 @@ from indiserv import cli
 from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
 from indiserv.tap import Options, makeService
 
-from .support import PACKAGE_ROOT, TestClient, child_env, require_programs, write_fifo
+from .support import (
+    PACKAGE_ROOT, TestClient, child_env, free_port, require_command, require_programs, write_fifo,
+)
 from .test_tap import _Collect
 
 ABSTRACT = sys.platform.startswith("linux")
@@ -232,6 +234,8 @@ class EntryPointTests(SynchronousTestCase):
 
 
 LISTENING = rb"listening on .*port=(\d+)"
+#: A web manager's use of indiserver, as a shell script (see its comment).
+WEB_MANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webmanager.sh")
 
 
 class CommandTests(TestCase):
@@ -334,3 +338,13 @@ class CommandTests(TestCase):
         )
         self.assertEqual(code, 2)
         self.assertTrue(re.match(rb"indiserv: unknown option -Z\nUsage: indiserv \[options\]", err), err)
+
+    @defer.inlineCallbacks
+    def test_web_manager(self):
+        """indiserv linked on PATH as indiserver, started and driven through its FIFO as indiwebmanager does (webmanager.sh), serves both simulators under the name indiserver, and a stopped CCD stays gone."""
+        require_programs("indi_simulator_telescope", "indi_simulator_ccd", "indi_getprop", "indi_eval")
+        command = require_command("indiserv")
+        out, err, code = yield getProcessOutputAndValue(
+            "/bin/sh", [WEB_MANAGER, command, str(free_port()), self.home], env=self.env, path=self.home
+        )
+        self.assertEqual((code, out.splitlines()[-1:]), (0, [b"OK"]), (out + err).decode())

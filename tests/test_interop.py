@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 
 from twisted.internet import defer, reactor
@@ -18,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from indiserv import IndiServer
 
-from .support import PACKAGE_ROOT, child_env, client_of, require_programs, serve
+from .support import PACKAGE_ROOT, child_env, client_of, free_port, require_programs, serve
 from .test_tap import TWISTD, _Collect
 
 TELESCOPE = "Telescope Simulator"
@@ -60,13 +59,6 @@ def snooped_coordinates(message) -> bool:
         and said.startswith("got set")
         and "EQUATORIAL_EOD_COORD" in said
     )
-
-
-def free_port() -> int:
-    """A port number the OS just handed out (for indiserver, which needs a number)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def terminate(process, watch: _Collect) -> defer.Deferred[None]:
