@@ -310,9 +310,11 @@ class IPyDriverAdapter:
         if send is None:
             return
         send(ElementTree.tostring(xmldata) + b"\n")
-        device = xmldata.get("device")
-        if xmldata.tag == "getProperties" and device is not None:
-            send(wire.enable_blob("Also", device, xmldata.get("name")).raw)
+        if xmldata.tag == "getProperties":
+            # IPyServer hands a driver every BLOB of what it snoops; INDI
+            # wants an enableBLOB, which indipydriver cannot send (with no
+            # device, it covers every device the driver snoops).
+            send(wire.enable_blob("Also", xmldata.get("device"), xmldata.get("name")).raw)
 
     async def run_rx(self) -> None:
         """The driver's receiving side: L{messageReceived} does that."""

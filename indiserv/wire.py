@@ -679,8 +679,11 @@ def del_property(
     )
 
 
-def enable_blob(policy: str, device: str, name: str | None = None) -> Message:
-    """An C{enableBLOB} asking a server to send (or withhold) BLOBs."""
+def enable_blob(policy: str, device: str | None, name: str | None = None) -> Message:
+    """
+    An C{enableBLOB} asking a server to send (or withhold) BLOBs; with no
+    C{device} (only between a server and its own links) for every device.
+    """
     return _build("enableBLOB", {"device": device, "name": name}, policy)
 
 

@@ -19,6 +19,8 @@ CAMERA = "Pocket Camera"
 WATCHER = "Scope Watcher"
 GPS = "GPS Simulator"
 FRAME_WATCHER = "Frame Watcher"
+#: What the camera sends as its image.
+FRAME = b"ipydriver image " * 64
 
 
 class ThermostatDriver(ipd.IPyDriver):
@@ -64,7 +66,7 @@ class CameraDriver(ipd.IPyDriver):
     async def rxevent(self, event: object) -> None:
         if isinstance(event, ipd.newSwitchVector) and event.vectorname == "EXPOSE":
             image = self[CAMERA]["IMAGE"]
-            image["FRAME"] = b"ipydriver image " * 64
+            image["FRAME"] = FRAME
             await image.send_setVectorMembers(members=["FRAME"], state="Ok")
 
 
@@ -156,9 +158,25 @@ class FrameWatcherDriver(ipd.IPyDriver):
             await frames.send_setVector(state="Ok")
 
 
-def frame_watcher() -> FrameWatcherDriver:
-    """A device whose FRAMES.COUNT counts the camera's snooped BLOBs."""
-    return FrameWatcherDriver(_readout(FRAME_WATCHER, "FRAMES", "COUNT", "0"))
+class AllSeeingFrameWatcherDriver(FrameWatcherDriver):
+    """A frame watcher that snoops every device (getProperties naming none)."""
+
+    async def hardware(self) -> None:
+        await self.send_getProperties()
+
+
+def frame_watcher(everything: bool = False) -> FrameWatcherDriver:
+    """
+    A device whose FRAMES.COUNT counts the camera's snooped BLOBs; it
+    snoops the camera's IMAGE or, with C{everything}, every device.
+    """
+    kind = AllSeeingFrameWatcherDriver if everything else FrameWatcherDriver
+    return kind(_readout(FRAME_WATCHER, "FRAMES", "COUNT", "0"))
+
+
+def all_seeing_frame_watcher() -> FrameWatcherDriver:
+    """A frame watcher snooping every device."""
+    return frame_watcher(everything=True)
 
 
 def gps() -> GPSDriver:
@@ -182,5 +200,8 @@ def gps() -> GPSDriver:
 
 
 if __name__ == "__main__":
-    factories = {"thermostat": thermostat, "camera": camera, "watcher": watcher, "gps": gps}
+    factories = {
+        "thermostat": thermostat, "camera": camera, "watcher": watcher, "gps": gps,
+        "frame_watcher": frame_watcher, "all_seeing_frame_watcher": all_seeing_frame_watcher,
+    }
     asyncio.run(factories[sys.argv[1]]().asyncrun())

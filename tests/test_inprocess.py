@@ -31,7 +31,7 @@ from indiserv.router import Router
 from indiserv.service import Milestone
 from indiserv.simulator import DEVICE, Simulator
 
-from .ipydrivers import CAMERA, FRAME_WATCHER, THERMOSTAT, WATCHER, camera, thermostat
+from .ipydrivers import CAMERA, FRAME, FRAME_WATCHER, THERMOSTAT, WATCHER, camera, thermostat
 from .support import (
     PACKAGE_ROOT,
     child_env,
@@ -44,6 +44,7 @@ from .support import (
 from .test_tap import TWISTD, _Collect
 
 TELESCOPE = "Telescope Simulator"
+TELESCOPE_PROGRAM = "indi_simulator_telescope"
 
 
 @implementer(IInProcessDriver)
@@ -256,8 +257,8 @@ asyncio.run(server.asyncrun())
 LISTENING = rb"listening on .*port=(\d+)"
 
 
-class AsyncRunTests(TestCase):
-    """C{asyncio.run(server.asyncrun())} in a real program, as with IPyServer."""
+class ProgramTestCase(TestCase):
+    """Runs indiserv programs, and indilib's and indipyclient's tools, as real processes."""
 
     timeout = 60
 
@@ -324,6 +325,23 @@ class AsyncRunTests(TestCase):
         yield self.output.ended
         return drivers
 
+
+    @defer.inlineCallbacks
+    def connect_telescope_and_wait(self, port: int, expression: str):
+        """Connect the telescope simulator, then wait until C{expression} (indi_eval) holds."""
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{TELESCOPE}.CONNECTION.CONNECT=On"
+        )
+        self.assertEqual(code, 0)
+        out, code = yield self.tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "15", "-w", expression
+        )
+        return code
+
+
+class AsyncRunTests(ProgramTestCase):
+    """C{asyncio.run(server.asyncrun())} in a real program, as with IPyServer."""
+
     @defer.inlineCallbacks
     def test_ipyserver_example_with_indilib_drivers(self):
         """The ported IPyServer example serves indilib's simulators to indi_getprop and indi_setprop."""
@@ -332,20 +350,6 @@ class AsyncRunTests(TestCase):
         self.assertIn(f"{TELESCOPE}.CONNECTION.DISCONNECT=On", out)
         out = yield self.getprop(port, "CCD Simulator.CONNECTION.*")
         self.assertIn("CCD Simulator.CONNECTION.DISCONNECT=On", out)
-
-    @defer.inlineCallbacks
-    def test_ipydrivers_in_process(self):
-        """IPyDrivers given to the constructor are read and set by indi_getprop and indi_setprop."""
-        extra = "from tests.ipydrivers import thermostat, camera"
-        port = yield self.start("thermostat(), camera(), ", extra)
-        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
-        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
-        out, code = yield self.tool(
-            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{THERMOSTAT}.TARGET.TARGET=21.5"
-        )
-        self.assertEqual(code, 0)
-        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
-        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=21.5")
 
     @defer.inlineCallbacks
     def test_add_ipydriver_before_and_while_running(self):
@@ -434,29 +438,6 @@ class AsyncRunTests(TestCase):
         yield self.output.ended
 
     @defer.inlineCallbacks
-    def test_ipydriver_snoops_blobs(self):
-        """An IPyDriver snooping a camera's BLOB vector gets its frames (it asks for BLOBs as it snoops)."""
-        extra = "from tests.ipydrivers import camera, frame_watcher"
-        port = yield self.start("camera(), frame_watcher(), ", extra)
-        out, code = yield self.tool(
-            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{CAMERA}.EXPOSE.EXPOSE=On"
-        )
-        self.assertEqual(code, 0)
-        out, code = yield self.tool(
-            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "10", "-w",
-            f'"{FRAME_WATCHER}.FRAMES.COUNT">=1',
-        )
-        self.assertEqual(code, 0)
-
-    @defer.inlineCallbacks
-    def test_indipyclient_sets_ipydriver(self):
-        """A real indipyclient client reads an in-process IPyDriver's property and sets it."""
-        extra = "from tests.ipydrivers import thermostat"
-        port = yield self.start("thermostat(), ", extra)
-        out, code = yield self.tool(sys.executable, "-c", INDIPYCLIENT, str(port))
-        self.assertEqual((out.split(), code), (["15.0", "30.0"], 0), out)
-
-    @defer.inlineCallbacks
     def test_ipydriver_blobs_follow_client_policy(self):
         """An in-process IPyDriver's BLOB reaches a client that enabled BLOBs and not one that did not."""
         extra = "from tests.ipydrivers import camera"
@@ -477,39 +458,11 @@ class AsyncRunTests(TestCase):
         self.assertFalse([m for m in refuses.received if m.tag == "setBLOBVector"])
 
     @defer.inlineCallbacks
-    def connect_telescope_and_wait(self, port: int, expression: str):
-        """Connect the telescope simulator, then wait until C{expression} (indi_eval) holds."""
-        out, code = yield self.tool(
-            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{TELESCOPE}.CONNECTION.CONNECT=On"
-        )
-        self.assertEqual(code, 0)
-        out, code = yield self.tool(
-            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "15", "-w", expression
-        )
-        return code
-
-    @defer.inlineCallbacks
-    def test_ipydriver_snoops_executable_driver(self):
-        """An in-process IPyDriver snoops indi_simulator_telescope's coordinates."""
-        port = yield self.start("watcher(), ", "from tests.ipydrivers import watcher")
-        code = yield self.connect_telescope_and_wait(port, f'"{WATCHER}.SEEN_RA.RA">=0')
-        self.assertEqual(code, 0)
-
-    @defer.inlineCallbacks
     def test_ipydriver_snoops_device_of_remote_server(self):
         """An in-process IPyDriver snoops a telescope that another server, linked as a remote, serves."""
         lower = yield serve(self, ["indi_simulator_telescope"], env=self.env)
         port = yield self.start(script=WATCHES_REMOTE.format(port=lower.port))
         code = yield self.connect_telescope_and_wait(port, f'"{WATCHER}.SEEN_RA.RA">=0')
-        self.assertEqual(code, 0)
-
-    @defer.inlineCallbacks
-    def test_executable_driver_snoops_ipydriver(self):
-        """indi_simulator_telescope snoops an in-process IPyDriver acting as its GPS."""
-        port = yield self.start("gps(), ", "from tests.ipydrivers import gps")
-        code = yield self.connect_telescope_and_wait(
-            port, f'"{TELESCOPE}.GEOGRAPHIC_COORD.LAT"==12.5'
-        )
         self.assertEqual(code, 0)
 
     @defer.inlineCallbacks
@@ -568,18 +521,114 @@ class AsyncRunTests(TestCase):
         self.assertIn(b"twistd --reactor=asyncio -n indiserver --ipydriver", out + err)
 
 
-class ExecutableIPyDriverTests(TestCase):
-    """The same indipydriver driver, run as a program (its stdin/stdout mode)."""
+class SameDriverChecks:
+    """
+    What indipydriver drivers do for real clients and for each other,
+    whether the server runs them in process or as programs: the two test
+    cases below differ only in how they serve them.
+    """
 
-    timeout = 60
+    def serve_drivers(self, *factories: str, programs: tuple[str, ...] = ()) -> defer.Deferred[int]:
+        """
+        Serve the drivers that C{tests.ipydrivers.FACTORY()} make, and the
+        driver C{programs}; fire with the port.
+        """
+        raise NotImplementedError
 
     @defer.inlineCallbacks
-    def test_same_driver_as_executable(self):
-        """Served as an executable driver, the thermostat answers a new*Vector as it does in process."""
-        server = yield serve(self, [sys.executable, "-m", "tests.ipydrivers", "thermostat"])
-        client = yield client_of(self, server)
-        answer = yield set_target(client, 30)
-        self.assertRegex(answer.raw.decode(), r">\s*30(\.0)?\s*<")
+    def test_getprop_and_setprop(self):
+        """indi_getprop reads the thermostat's target and indi_setprop sets it."""
+        port = yield self.serve_drivers("thermostat")
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{THERMOSTAT}.TARGET.TARGET=21.5"
+        )
+        self.assertEqual(code, 0)
+        out = yield self.getprop(port, f"{THERMOSTAT}.TARGET.TARGET")
+        self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=21.5")
+
+    @defer.inlineCallbacks
+    def test_indipyclient_sets_thermostat(self):
+        """A real indipyclient client reads the thermostat's target and sets it."""
+        port = yield self.serve_drivers("thermostat")
+        out, code = yield self.tool(sys.executable, "-c", INDIPYCLIENT, str(port))
+        self.assertEqual((out.split(), code), (["15.0", "30.0"], 0), out)
+
+    @defer.inlineCallbacks
+    def test_indipyclient_receives_frame(self):
+        """A real indipyclient client that enables BLOBs and exposes gets the camera's frame, byte for byte."""
+        port = yield self.serve_drivers("camera")
+        out, err, code = yield self.run_to_end(sys.executable, "-c", INDIPYCLIENT_FRAME, str(port))
+        self.assertEqual((out, code), (FRAME, 0), err)
+
+
+    @defer.inlineCallbacks
+    def test_driver_snoops_telescope(self):
+        """A driver snoops indi_simulator_telescope's coordinates."""
+        port = yield self.serve_drivers("watcher", programs=(TELESCOPE_PROGRAM,))
+        code = yield self.connect_telescope_and_wait(port, f'"{WATCHER}.SEEN_RA.RA">=0')
+        self.assertEqual(code, 0)
+
+    @defer.inlineCallbacks
+    def test_telescope_snoops_driver(self):
+        """indi_simulator_telescope snoops a driver acting as its GPS."""
+        port = yield self.serve_drivers("gps", programs=(TELESCOPE_PROGRAM,))
+        code = yield self.connect_telescope_and_wait(
+            port, f'"{TELESCOPE}.GEOGRAPHIC_COORD.LAT"==12.5'
+        )
+        self.assertEqual(code, 0)
+
+
+class InProcessDriverTests(SameDriverChecks, ProgramTestCase):
+    """indipydriver drivers served in process by C{asyncio.run(server.asyncrun())}."""
+
+    def serve_drivers(self, *factories: str, programs: tuple[str, ...] = ()) -> defer.Deferred[int]:
+        return self.start(
+            "".join(f"{factory}(), " for factory in factories),
+            f"from tests.ipydrivers import {', '.join(factories)}\n"
+            + "".join(f"server_programs.append({program!r})\n" for program in programs),
+            script=IPYDRIVERS,
+        )
+
+    # Only in process: INDI gives a snooping driver BLOBs once it sends
+    # enableBLOB, which indipydriver has no call for; the server sends it
+    # for an in-process driver (docs/inprocess.rst).
+
+    @defer.inlineCallbacks
+    def test_driver_snoops_frames(self):
+        """A driver snooping the camera's IMAGE gets its frames."""
+        yield self.snooped_frame("frame_watcher")
+
+    @defer.inlineCallbacks
+    def test_driver_snooping_everything_gets_frames(self):
+        """A driver snooping every device (getProperties naming none) gets the camera's frames too."""
+        yield self.snooped_frame("all_seeing_frame_watcher")
+
+    @defer.inlineCallbacks
+    def snooped_frame(self, watcher: str):
+        """Expose the camera with C{watcher} served too; it must count the frame."""
+        port = yield self.serve_drivers("camera", watcher)
+        yield self.getprop(port, f"{FRAME_WATCHER}.FRAMES.COUNT")  # it runs, so it snoops
+        out, code = yield self.tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{CAMERA}.EXPOSE.EXPOSE=On"
+        )
+        self.assertEqual(code, 0)
+        out, code = yield self.tool(
+            "indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "10", "-w",
+            f'"{FRAME_WATCHER}.FRAMES.COUNT">=1',
+        )
+        self.assertEqual(code, 0, out)
+
+
+class ExecutableDriverTests(SameDriverChecks, ProgramTestCase):
+    """The same drivers, each run as a program (indipydriver's stdin/stdout mode)."""
+
+    @defer.inlineCallbacks
+    def serve_drivers(self, *factories: str, programs: tuple[str, ...] = ()):
+        drivers = [[sys.executable, "-m", "tests.ipydrivers", factory] for factory in factories]
+        server = yield serve(self, *drivers, *([program] for program in programs), env=self.env)
+        return server.port
 
 
 INDIPYCLIENT = textwrap.dedent("""
@@ -602,6 +651,40 @@ INDIPYCLIENT = textwrap.dedent("""
 
     asyncio.run(asyncio.wait_for(main(), 20))
 """)
+
+INDIPYCLIENT_FRAME = textwrap.dedent("""
+    import asyncio, sys
+    from indipyclient import IPyClient
+
+    class Client(IPyClient):
+        \"\"\"Once the camera's IMAGE is defined, asks for BLOBs and a frame; writes the frame out.\"\"\"
+
+        async def rxevent(self, event):
+            if getattr(event, "devicename", None) != "Pocket Camera":
+                return
+            if event.eventtype == "DefineBLOB":
+                await self.send_enableBLOB("Also", "Pocket Camera", "IMAGE")
+                await self.send_newVector("Pocket Camera", "EXPOSE", members={"EXPOSE": "On"})
+            elif event.eventtype == "SetBLOB":
+                sys.stdout.buffer.write(event["FRAME"])
+                self.shutdown()
+
+    client = Client(indihost="127.0.0.1", indiport=int(sys.argv[1]))
+    asyncio.run(asyncio.wait_for(client.asyncrun(), 20))
+""")
+
+#: A program serving IPyDrivers, and the driver programs its {extra} lists.
+IPYDRIVERS = """
+import asyncio, logging
+logging.basicConfig(level=logging.INFO)
+from indiserv import IndiServer
+server_programs = []
+{extra}
+server = IndiServer({drivers}host="127.0.0.1", port=0)
+for program in server_programs:
+    server.add_exdriver(program)
+asyncio.run(server.asyncrun())
+"""
 
 RUNS = """
 import logging
