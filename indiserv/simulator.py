@@ -16,7 +16,6 @@ event loop.
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import signal
@@ -59,21 +58,6 @@ _PROPERTIES: dict[str, tuple[str, dict[str, str]]] = {
          "rule": "AtMostOne", "timeout": "0"},
     ),
 }
-
-def _xml(tag: str, attrs: dict[str, str | None], content: str | None = None) -> str:
-    """
-    One element; C{content} is XML already, so callers escape their text.
-
-    Attributes whose value is L{None} are left out, which keeps optional
-    INDI attributes such as C{message} absent rather than empty.
-    """
-    rendered = "".join(
-        f' {key}="{wire.escape(value)}"' for key, value in attrs.items() if value is not None
-    )
-    if content is None:
-        return f"<{tag}{rendered}/>"
-    return f"<{tag}{rendered}>{content}</{tag}>"
-
 
 def _switch(on: bool) -> str:
     return "On" if on else "Off"
@@ -127,8 +111,8 @@ class Simulator:
                 element = ElementTree.fromstring(message.raw)
                 handler({one.get("name"): (one.text or "").strip() for one in element})
 
-    def _send(self, xml: str) -> None:
-        self._write(xml.encode("utf-8") + b"\n")
+    def _send(self, message: wire.Message) -> None:
+        self._write(message.raw)
 
     def _members(self, name: str) -> list[tuple[str, dict[str, str], str | None]]:
         """The members of property C{name}: name, definition attributes, value."""
@@ -149,23 +133,16 @@ class Simulator:
             return [("IMAGE", {"label": "Image"}, None)]
         return [("EXPOSE", {"label": "Expose"}, "Off")]
 
-    def _vector(self, verb: str, name: str, message: str | None = None) -> str:
+    def _vector(self, verb: str, name: str, message: str | None = None) -> wire.Message:
         """A C{def} or C{set} vector of property C{name} as it stands now."""
         kind, definition = _PROPERTIES[name]
-        attrs: dict[str, str | None] = {"device": DEVICE, "name": name}
+        members = self._members(name)
+        values = {member: value for member, _, value in members}
+        attrs = {"state": self.states[name], "message": message}
         if verb == "def":
-            attrs.update(definition)
-        attrs.update(state=self.states[name], timestamp=wire.timestamp(), message=message)
-        members = "".join(
-            "\n  "
-            + _xml(
-                ("def" if verb == "def" else "one") + kind,
-                {"name": member, **(extra if verb == "def" else {})},
-                None if value is None else wire.escape(value),
-            )
-            for member, extra, value in self._members(name)
-        )
-        return _xml(f"{verb}{kind}Vector", attrs, members + "\n")
+            extras = {member: extra for member, extra, _ in members}
+            return wire.def_vector(kind, DEVICE, name, values, extras, **definition, **attrs)
+        return wire.set_vector(kind, DEVICE, name, values, **attrs)  # type: ignore[arg-type]
 
     def _connection(self, values: dict[str, str]) -> None:
         """Connect or disconnect, then show the new state on STATUS too."""
@@ -190,17 +167,8 @@ class Simulator:
             return
         self.exposures += 1
         image = f"indiserv simulator image {self.exposures}\n".encode("ascii")
-        encoded = base64.b64encode(image).decode("ascii")
-        blob = _xml(
-            "oneBLOB",
-            {"name": "IMAGE", "format": ".txt", "size": str(len(image)),
-             "enclen": str(len(encoded))},
-            encoded,
-        )
         self.states["IMAGE"] = self.states["EXPOSE"] = "Ok"
-        attrs = {"device": DEVICE, "name": "IMAGE", "state": "Ok",
-                 "timestamp": wire.timestamp()}
-        self._send(_xml("setBLOBVector", attrs, f"\n  {blob}\n"))
+        self._send(wire.set_blob_vector(DEVICE, "IMAGE", {"IMAGE": (image, ".txt")}, state="Ok"))
         self._send(self._vector("set", "EXPOSE"))
 
     def _temperature(self, values: dict[str, str]) -> None:

@@ -16,10 +16,11 @@ Nothing here imports Twisted: this module is pure data handling.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator, NoReturn
+from typing import Iterable, Iterator, Mapping, NoReturn
 from xml.parsers import expat
 
 __all__ = [
@@ -627,12 +628,121 @@ def escape(text: str) -> str:
 def _build(tag: str, attrs: dict[str, str | None], text: str | None = None) -> Message:
     """Serialise a message the server writes itself."""
     present = {key: str(value) for key, value in attrs.items() if value is not None}
-    rendered = "".join(f' {key}="{escape(value)}"' for key, value in present.items())
-    if text is None:
-        xml = f"<{tag}{rendered}/>\n"
-    else:
-        xml = f"<{tag}{rendered}>{escape(text)}</{tag}>\n"
+    xml = _element(tag, present, text) + "\n"
     return Message(tag, present, xml.encode("utf-8"), text=text or "")
+
+
+#: The kinds of INDI property, as they appear in element names.
+KINDS = ("Text", "Number", "Switch", "Light", "BLOB")
+
+
+def _attributes(attrs: Mapping[str, str | None]) -> str:
+    """Attributes, escaped; those whose value is None are left out (optional in INDI)."""
+    return "".join(
+        f' {key}="{escape(str(value))}"' for key, value in attrs.items() if value is not None
+    )
+
+
+def _element(tag: str, attrs: Mapping[str, str | None], text: str | None = None) -> str:
+    """One element with C{text} (escaped) or empty."""
+    if text is None:
+        return f"<{tag}{_attributes(attrs)}/>"
+    return f"<{tag}{_attributes(attrs)}>{escape(text)}</{tag}>"
+
+
+def _vector(
+    verb: str,
+    member_verb: str,
+    kind: str,
+    attrs: dict[str, str | None],
+    members: Iterable[tuple[str, Mapping[str, str | None], str | None]],
+    blob: bool = False,
+) -> Message:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of property {kind!r} (one of {', '.join(KINDS)})")
+    body = "".join(
+        "\n  " + _element(f"{member_verb}{kind}", {"name": name, **extra}, value)
+        for name, extra, value in members
+    )
+    tag = f"{verb}{kind}Vector"
+    xml = f"<{tag}{_attributes(attrs)}>{body}\n</{tag}>\n"
+    present = {key: str(value) for key, value in attrs.items() if value is not None}
+    return Message(tag, present, xml.encode("utf-8"), blob=blob)
+
+
+def def_vector(
+    kind: str,
+    device: str,
+    name: str,
+    members: Mapping[str, str | None],
+    member_attrs: Mapping[str, Mapping[str, str]] | None = None,
+    **attrs: str | None,
+) -> Message:
+    """
+    A C{def*Vector} (C{kind} is C{"Number"}, C{"Switch"} and so on)
+    defining property C{name} of C{device}: each member's value (None for
+    BLOBs), its attributes from C{member_attrs} (C{label}, and C{format},
+    C{min}, C{max}, C{step} for numbers) and the vector's C{attrs}
+    (C{label}, C{group}, C{state}, C{perm}, C{rule}, C{timeout}, ...).
+    C{timestamp} is now unless given.
+    """
+    member_attrs = member_attrs or {}
+    return _vector(
+        "def", "def", kind,
+        {"device": device, "name": name, "timestamp": timestamp(), **attrs},
+        ((member, member_attrs.get(member, {}), value) for member, value in members.items()),
+    )
+
+
+def set_vector(
+    kind: str, device: str, name: str, members: Mapping[str, str], **attrs: str | None
+) -> Message:
+    """
+    A C{set*Vector} giving C{members} new values (for BLOBs use
+    L{set_blob_vector}); C{attrs} such as C{state} and C{message}, and
+    C{timestamp}, now unless given.
+    """
+    if kind == "BLOB":
+        raise ValueError("BLOB values need set_blob_vector")
+    return _vector(
+        "set", "one", kind,
+        {"device": device, "name": name, "timestamp": timestamp(), **attrs},
+        ((member, {}, value) for member, value in members.items()),
+    )
+
+
+def set_blob_vector(
+    device: str, name: str, blobs: Mapping[str, tuple[bytes, str]], **attrs: str | None
+) -> Message:
+    """
+    A C{setBLOBVector} carrying, for each member, C{(data, format)}: the
+    data base64-encoded, with its C{size} and C{enclen}.
+    """
+    members = []
+    for member, (data, blob_format) in blobs.items():
+        encoded = base64.b64encode(data).decode("ascii")
+        members.append((
+            member,
+            {"size": str(len(data)), "format": blob_format, "enclen": str(len(encoded))},
+            encoded,
+        ))
+    return _vector(
+        "set", "one", "BLOB",
+        {"device": device, "name": name, "timestamp": timestamp(), **attrs},
+        members, blob=True,
+    )
+
+
+def new_vector(
+    kind: str, device: str, name: str, members: Mapping[str, str], **attrs: str | None
+) -> Message:
+    """A client's C{new*Vector} asking C{device} to give C{members} these values."""
+    if kind == "BLOB":
+        raise ValueError("sending BLOBs to a device is not supported here")
+    return _vector(
+        "new", "one", kind, {"device": device, "name": name, **attrs},
+        ((member, {}, value) for member, value in members.items()),
+    )
 
 
 def message(

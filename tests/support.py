@@ -67,6 +67,18 @@ def require_command(name: str) -> str:
     return path
 
 
+def load_example(name: str) -> Any:
+    """The module docs/examples/NAME.py, loaded from its file (docs/ is not a package)."""
+    import importlib.util
+
+    path = os.path.join(PACKAGE_ROOT, "docs", "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A port number the OS just handed out (for programs that need a number)."""
     with socket.socket() as s:

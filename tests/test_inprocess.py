@@ -38,6 +38,7 @@ from .support import (
     attached_client,
     child_processes,
     client_of,
+    load_example,
     require_programs,
     serve,
 )
@@ -111,6 +112,25 @@ class TwistedNativeTests(TestCase):
         self.assertIn(("defSwitchVector", "CONNECTION"), snooped)
         self.assertIn(("setSwitchVector", "CONNECTION"), snooped)
         self.assertNotIn("newSwitchVector", [tag for tag, _ in snooped])
+
+    @defer.inlineCallbacks
+    def test_thermometer_example(self):
+        """docs/examples/thermometer.py publishes its device with wire's builders: indi_getprop reads it, a client gets each new reading."""
+        require_programs("indi_getprop")
+        example = load_example("thermometer")
+        clock = Clock()
+        readings = iter([12.5, 13.25])
+        server = yield serve(self, inprocess=[example.Thermometer(lambda: next(readings), clock=clock)])
+        out, err, code = yield getProcessOutputAndValue(
+            "indi_getprop", ["-h", "127.0.0.1", "-p", str(server.port), "-t", "5",
+                             f"{example.DEVICE}.TEMPERATURE.TEMPERATURE"], env=child_env(),
+        )
+        self.assertEqual((out.decode().strip(), code), (f"{example.DEVICE}.TEMPERATURE.TEMPERATURE=12.50", 0), err)
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == example.DEVICE)
+        clock.advance(5)
+        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+        self.assertIn(b">13.25<", update.raw)
 
     @defer.inlineCallbacks
     def test_bad_output_dropped_and_logged(self):

@@ -27,6 +27,7 @@ from .support import (
     child_processes,
     client_of,
     connect_client,
+    load_example,
     require_programs,
     serve,
 )
@@ -167,7 +168,7 @@ class EmbeddingTests(TestCase):
     def test_stopping_parent_stops_server_drivers_and_connections(self):
         """Stopping the application closes both ports, reaps the driver and hangs up on clients."""
         require_programs("indi_simulator_telescope")
-        example = _load_example("observatory_web")
+        example = load_example("observatory_web")
         top = example.observatory(web_port="tcp:0:interface=127.0.0.1", indi_port=0)
         indi = next(s for s in top if isinstance(s, IndiServer))
         (driver,) = [s for s in indi if hasattr(s, "program")]
@@ -196,17 +197,6 @@ class EmbeddingTests(TestCase):
         yield self.assertFailure(connect_client(web_port), ConnectionRefusedError)
         self.assertFalse([pid for pid, _ in child_processes() if pid in running])
         yield self.assertFailure(connect_client(indi.port), ConnectionRefusedError)
-
-
-def _load_example(name: str):
-    """A module of docs/examples, loaded from its file."""
-    import importlib.util
-
-    path = os.path.join(PACKAGE_ROOT, "docs", "examples", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 IGNORES_TERM = (

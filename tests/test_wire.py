@@ -4,7 +4,9 @@ Tests for L{indiserv.wire}: framing, checking and building INDI messages.
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
+from xml.etree import ElementTree
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -254,3 +256,63 @@ class BuilderTests(SynchronousTestCase):
     def test_ping_reply(self) -> None:
         """pingReply echoes the uid."""
         self.assertEqual(wire.ping_reply("SetBLOB/1").raw, b'<pingReply uid="SetBLOB/1"/>\n')
+
+    def test_def_vector(self) -> None:
+        """def_vector defines a property: vector and member attributes, values escaped, a timestamp, parsed back whole."""
+        built = wire.def_vector(
+            "Number", "Dome & Co", "TEMPERATURE", {"T": "1.5"},
+            {"T": {"label": "Inside", "format": "%6.2f", "min": "-50", "max": "50", "step": "0.1"}},
+            label="Temperature", group="Main", state="Idle", perm="rw", message=None,
+        )
+        (parsed,) = Parser().feed(built.raw)
+        self.assertEqual((parsed.tag, parsed.device, parsed.name), ("defNumberVector", "Dome & Co", "TEMPERATURE"))
+        self.assertEqual(parsed.attrs, built.attrs)
+        self.assertNotIn("message", parsed.attrs)
+        self.assertRegex(parsed.attrs["timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
+        (member,) = ElementTree.fromstring(built.raw)
+        self.assertEqual(member.tag, "defNumber")
+        self.assertEqual(
+            member.attrib, {"name": "T", "label": "Inside", "format": "%6.2f", "min": "-50", "max": "50", "step": "0.1"}
+        )
+        self.assertEqual(member.text, "1.5")
+
+    def test_def_blob_vector_members_empty(self) -> None:
+        """A BLOB property's definition has empty defBLOB members and carries no BLOB."""
+        built = wire.def_vector("BLOB", "CCD", "IMAGE", {"IMAGE": None}, state="Idle", perm="ro")
+        (member,) = ElementTree.fromstring(built.raw)
+        self.assertEqual((member.tag, member.text), ("defBLOB", None))
+        self.assertFalse(Parser().feed(built.raw)[0].blob)
+
+    def test_set_vector(self) -> None:
+        """set_vector gives members new values in one* elements, with state and message."""
+        built = wire.set_vector("Switch", "Dev", "CONNECTION", {"CONNECT": "On", "DISCONNECT": "Off"},
+                                state="Ok", message="a<b")
+        element = ElementTree.fromstring(built.raw)
+        self.assertEqual(element.tag, "setSwitchVector")
+        self.assertEqual(element.get("message"), "a<b")
+        self.assertEqual([(one.tag, one.get("name"), one.text) for one in element],
+                         [("oneSwitch", "CONNECT", "On"), ("oneSwitch", "DISCONNECT", "Off")])
+
+    def test_set_blob_vector(self) -> None:
+        """set_blob_vector carries each member's data base64-encoded with size, format and enclen; it is a BLOB."""
+        data = bytes(range(256))
+        built = wire.set_blob_vector("CCD", "IMAGE", {"IMAGE": (data, ".fits")}, state="Ok")
+        (parsed,) = Parser().feed(built.raw)
+        self.assertTrue(parsed.blob and built.blob)
+        (blob,) = ElementTree.fromstring(built.raw)
+        self.assertEqual(base64.b64decode(blob.text), data)
+        self.assertEqual((blob.get("size"), blob.get("format"), blob.get("enclen")),
+                         ("256", ".fits", str(len(blob.text))))
+
+    def test_new_vector(self) -> None:
+        """new_vector is a client's request, escaped, without a timestamp unless given."""
+        built = wire.new_vector("Text", "Dev", "SITE", {"NAME": "x & y"})
+        element = ElementTree.fromstring(built.raw)
+        self.assertEqual((element.tag, element.attrib), ("newTextVector", {"device": "Dev", "name": "SITE"}))
+        self.assertEqual(element[0].text, "x & y")
+
+    def test_vector_kinds_checked(self) -> None:
+        """An unknown kind, or BLOB values through set_vector or new_vector, is a ValueError."""
+        self.assertRaises(ValueError, wire.def_vector, "Numbers", "D", "P", {})
+        self.assertRaises(ValueError, wire.set_vector, "BLOB", "D", "P", {})
+        self.assertRaises(ValueError, wire.new_vector, "BLOB", "D", "P", {})
