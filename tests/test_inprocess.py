@@ -241,6 +241,7 @@ class IPyDriverConstructionTests(SynchronousTestCase):
             IndiServer(thermostat(), port=0)
         self.assertIn("--reactor=asyncio", str(caught.exception))
         self.assertIn("asyncio.run", str(caught.exception))
+        self.assertIn("install() before anything imports twisted.internet.reactor", str(caught.exception))
 
     def test_adapter_is_in_process_driver(self):
         """IPyDriverAdapter provides IInProcessDriver and knows its driver's devices."""
@@ -510,18 +511,43 @@ class AsyncRunTests(ProgramTestCase):
 
     @defer.inlineCallbacks
     def test_shutdown_from_inside_a_driver(self):
-        """A driver calling server.shutdown() ends asyncrun(); awaiting server.stopped works in asyncio."""
+        """A driver calling server.shutdown() ends asyncrun() with the driver programs reaped; awaiting server.stopped works in asyncio."""
         port = yield self.start(script=SHUTS_DOWN)
+        yield self.getprop(port, "CCD Simulator.CONNECTION.*")
+        (ccd,) = self.driver_pids()
         out, code = yield self.tool(
             "indi_setprop", "-h", "127.0.0.1", "-p", str(port), f"{THERMOSTAT}.TARGET.TARGET=99"
         )
         yield self.output.ended
         self.assertIn(b"stopped was awaited", self.output.output)
+        self.assertIn(b"indi_simulator_ccd stopped", self.output.output)
         self.assertEqual(self.process.status, 0)
+        self.assertFalse(os.path.exists(f"/proc/{ccd}"))
+
+    @defer.inlineCallbacks
+    def test_add_ipydriver_duplicate_refused(self):
+        """add_ipydriver() refuses a device name an IPyDriver already serves, as the constructor does."""
+        out, err, code = yield self.run_to_end(sys.executable, "-c", ADDS_DUPLICATE)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip().decode(), f"ValueError: Device name {THERMOSTAT} is duplicated in the attached drivers.")
+
+    @defer.inlineCallbacks
+    def test_asyncrun_under_another_reactor_explained(self):
+        """asyncrun() with another reactor installed already raises WrongReactor saying what to do."""
+        out, err, code = yield self.run_to_end(sys.executable, "-c", ASYNCRUN_UNDER_EPOLL)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"WrongReactor: IndiServer.asyncrun() needs Twisted's asyncio reactor", out)
+        self.assertIn(b"do not import twisted.internet.reactor before asyncrun()", out)
+
+    @defer.inlineCallbacks
+    def test_works_without_indipydriver(self):
+        """Without indipydriver (an optional dependency) indiserv, its twistd plugin and in-process drivers still work."""
+        out, err, code = yield self.run_to_end(sys.executable, "-c", WITHOUT_INDIPYDRIVER)
+        self.assertEqual((out.strip(), code), (b"served: indiserv-simulator", 0), err)
 
     @defer.inlineCallbacks
     def test_twistd_asyncio_reactor_ipydriver_factory(self):
-        """twistd --reactor=asyncio -n indiserver --ipydriver MODULE:FACTORY serves the driver."""
+        """twistd --reactor=asyncio -n indiserver --ipydriver MODULE:FACTORY serves the driver and stops cleanly on SIGTERM."""
         found = yield self.spawn(
             [sys.executable, "-c", TWISTD, "--reactor=asyncio", "-n", "--pidfile=",
              "indiserver", "--port", "0", "--host", "127.0.0.1",
@@ -529,6 +555,11 @@ class AsyncRunTests(ProgramTestCase):
         )
         out = yield self.getprop(int(found.group(1)), f"{THERMOSTAT}.TARGET.TARGET")
         self.assertEqual(out.strip(), f"{THERMOSTAT}.TARGET.TARGET=15")
+        self.process.signalProcess("TERM")
+        yield self.output.ended
+        # twistd ends by re-raising the signal it stopped for.
+        self.assertIn(b"Server Shut Down.", self.output.output)
+        self.assertNotIn(b"Traceback", self.output.output)
 
     @defer.inlineCallbacks
     def test_twistd_without_asyncio_reactor_says_what_to_do(self):
@@ -841,6 +872,7 @@ class Stopper(ThermostatDriver):
         server.shutdown()
 
 server = IndiServer(thermostat(kind=Stopper), host="127.0.0.1", port=0)
+server.add_exdriver("indi_simulator_ccd")
 
 async def main():
     running = asyncio.ensure_future(server.asyncrun())
@@ -849,6 +881,53 @@ async def main():
     await running
 
 asyncio.run(main())
+"""
+
+
+ADDS_DUPLICATE = """
+from indiserv import IndiServer
+from tests.ipydrivers import thermostat
+
+server = IndiServer(thermostat(), port=0)
+try:
+    server.add_ipydriver(thermostat())
+except ValueError as e:
+    print("ValueError:", e)
+"""
+
+ASYNCRUN_UNDER_EPOLL = """
+import asyncio
+from twisted.internet import reactor  # installs the default reactor
+from indiserv import IndiServer
+from indiserv.inprocess import WrongReactor
+
+try:
+    asyncio.run(IndiServer(port=0).asyncrun())
+except WrongReactor as e:
+    print("WrongReactor:", e)
+"""
+
+WITHOUT_INDIPYDRIVER = """
+import sys
+sys.modules["indipydriver"] = None  # import indipydriver now fails
+from twisted.internet import reactor
+from indiserv import IndiServer
+from indiserv.inprocess import InProcessService
+from indiserv.simulator import Simulator
+from indiserv.tap import Options, makeService
+
+options = Options()
+options.parseOptions(["--port", "0"])
+makeService(options)
+server = IndiServer(Simulator(), host="127.0.0.1", port=0)
+
+def served(port):
+    drivers = [child.driver.name for child in server if isinstance(child, InProcessService)]
+    print("served:", ", ".join(drivers), flush=True)
+
+server.listening.addCallback(served).addBoth(lambda _: reactor.stop())
+reactor.callWhenRunning(server.startService)
+reactor.run()
 """
 
 

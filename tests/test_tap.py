@@ -83,6 +83,16 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, parse, "indi_no_such_driver")
         self.assertIn("indi_no_such_driver", str(error))
 
+    def test_bad_ipydriver(self) -> None:
+        """--ipydriver needs MODULE:FACTORY naming something importable; each fault is a usage error saying which."""
+        for spec, said in [
+            ("tests.ipydrivers", "expected MODULE:FACTORY"),
+            ("no_such_module_here:make", "no_such_module_here"),
+            ("tests.ipydrivers:no_such_factory", "no_such_factory"),
+        ]:
+            error = self.assertRaises(UsageError, parse, "--ipydriver", spec)
+            self.assertIn(said, str(error))
+
     def test_bad_numbers(self) -> None:
         """Nonsensical limits are usage errors."""
         self.assertRaises(UsageError, parse, "--max-connections", "0")
