@@ -114,12 +114,18 @@ class DriverProcessProtocol(ProcessProtocol, Link):
         self.router_to_join = router
         self.name = name
         self.label = f"driver {name}"
+        #: Fires (with None) once the program has exited, its pipes maybe still open.
+        self.exited: defer.Deferred[None] = defer.Deferred()
         #: Fires (with None) once the program has ended and its pipes closed.
         self.ended: defer.Deferred[None] = defer.Deferred()
         #: Why it ended, once it has.
         self.reason: Failure | None = None
         self._stderr = bytearray()
         self._refusing: Message | None = None
+        #: Set when the server stops the program: once it has exited, what
+        #: it left holding its pipes (a child of a wrapper script) is not
+        #: waited for.
+        self.stopping = False
 
     @property
     def writer(self) -> Any:
@@ -181,6 +187,9 @@ class DriverProcessProtocol(ProcessProtocol, Link):
 
     def processExited(self, reason: Failure) -> None:
         """The program is gone; its pipes may still drain into L{processEnded}."""
+        if self.stopping:
+            self.transport.loseConnection()
+        self.exited.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
         if self._stderr:
@@ -366,6 +375,7 @@ class DriverService(Service):
             # a driver started in its place is not taken for a clash while
             # this one takes its time to exit.
             protocol.router.remove_link(protocol)
+        protocol.stopping = True
         ended: defer.Deferred[None] = defer.Deferred()
         protocol.ended.addBoth(lambda _: ended.callback(None))
         kill = self.reactor.callLater(self.stop_timeout, self._signal, protocol, "KILL")
@@ -377,4 +387,5 @@ class DriverService(Service):
         try:
             protocol.transport.signalProcess(name)
         except ProcessExitedAlready:
-            pass
+            # Gone, but something it started still holds its pipes.
+            protocol.transport.loseConnection()

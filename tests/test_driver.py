@@ -5,6 +5,7 @@ Tests for L{indiserv.driver}: executable drivers as links.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from twisted.internet import defer, reactor
@@ -301,6 +302,35 @@ class RealDriverTests(TestCase):
         said = yield client.wait_for(lambda m: m.tag == "message")
         self.assertEqual(said.attrs["message"], "after")
         self.assertTrue(any("bad INDI" in e["log_format"] for e in logged))
+
+    @defer.inlineCallbacks
+    def test_stop_does_not_wait_for_what_the_driver_left_running(self):
+        """A driver whose leftover child holds its pipes has ended for the server once it exits on SIGTERM."""
+        leftover = os.path.abspath(self.mktemp())
+        # A wrapper script: its background child inherits stdout and stderr.
+        script = f"sleep 300 & echo $! > {leftover}; echo '<message message=\"up\"/>'; exec sleep 300"
+        service, client = self.start("/bin/sh", "-c", script)
+        service.stop_timeout = 600  # SIGKILL must not be what ends it
+        yield client.wait_for(lambda m: m.tag == "message")
+        self.addCleanup(lambda: os.kill(int(open(leftover).read()), signal.SIGKILL))
+        ended = service.protocol.ended
+        yield service.stopService()
+        self.assertTrue(ended.called)
+
+    @defer.inlineCallbacks
+    def test_stop_after_exit_does_not_wait_for_what_the_driver_left_running(self):
+        """A driver that exited by itself, its leftover child holding its pipes, is done with at once when stopped."""
+        leftover = os.path.abspath(self.mktemp())
+        script = f"sleep 300 & echo $! > {leftover}; echo '<message message=\"up\"/>'; exit 0"
+        service, client = self.start("/bin/sh", "-c", script)
+        service.stop_timeout = 600
+        yield client.wait_for(lambda m: m.tag == "message")
+        self.addCleanup(lambda: os.kill(int(open(leftover).read()), signal.SIGKILL))
+        protocol = service.protocol
+        yield protocol.exited
+        self.assertFalse(protocol.ended.called)  # the pipes are still open
+        yield service.stopService()
+        self.assertTrue(protocol.ended.called)
 
     @defer.inlineCallbacks
     def test_stop_service_ends_driver(self):
