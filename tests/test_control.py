@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from xml.etree import ElementTree
 
 from twisted.internet import defer, reactor
 from twisted.internet.testing import EventLoggingObserver
@@ -40,6 +41,31 @@ from .support import (
 from .test_driver import FakeProcessReactor, end
 
 SIMULATOR = "indiserv Simulator"
+
+#: A driver that reports the settings a FIFO start gives it: a text
+#: property ENVIRONMENT of device $INDIDEV (or "Env Reporter"), one member
+#: per variable, "(unset)" for those not set.
+ENV_REPORTER = """
+import os, sys
+from indiserv import wire
+
+VARIABLES = ("INDIDEV", "INDICONFIG", "INDISKEL", "INDIPREFIX")
+device = os.environ.get("INDIDEV", "Env Reporter")
+definition = wire.def_vector(
+    "Text", device, "ENVIRONMENT",
+    {variable: os.environ.get(variable, "(unset)") for variable in VARIABLES},
+    state="Ok", perm="ro",
+).raw
+parser = wire.Parser()
+while True:
+    data = os.read(0, 65536)
+    if not data:
+        break
+    for message in parser.feed(data):
+        if message.tag == "getProperties":
+            sys.stdout.buffer.write(definition)
+            sys.stdout.buffer.flush()
+"""
 
 
 class ParseCommandTests(SynchronousTestCase):
@@ -380,7 +406,10 @@ class FifoInteropTests(TestCase):
         os.makedirs(self.home)
         self.path = os.path.abspath(self.mktemp())
         self.server = yield serve(self)
-        self.control = self.server.add_fifo(self.path, env=child_env(HOME=self.home))
+        # Settings the server itself runs with, which a start line replaces.
+        inherited = {"INDIDEV": "Inherited", "INDICONFIG": "/inherited.xml",
+                     "INDISKEL": "/inherited-skel.xml", "INDIPREFIX": "/inherited-prefix"}
+        self.control = self.server.add_fifo(self.path, env=child_env(HOME=self.home, **inherited))
         self.client = yield attached_client(self, self.server)
         self.client.say(b"<getProperties version='1.7'/>")
 
@@ -409,6 +438,60 @@ class FifoInteropTests(TestCase):
         self.assertFalse(driver.alive)
         self.assertEqual([s for s in self.server if isinstance(s, DriverService)], [])
         self.assertNotIn("My Scope", self.server.router.owners)
+
+    def env_reporter(self, directory: str | None = None) -> str:
+        """The ENV_REPORTER driver as the program C{directory}/env-reporter; its path."""
+        directory = directory or os.path.abspath(self.mktemp())
+        os.makedirs(directory, exist_ok=True)
+        script = os.path.join(directory, "env_reporter.py")
+        with open(script, "w") as f:
+            f.write(ENV_REPORTER)
+        return executable_script(directory, "env-reporter", f"{sys.executable} {script}")
+
+    @defer.inlineCallbacks
+    def reported(self, line: str) -> defer.Deferred[dict[str, str]]:
+        """Write C{line}; fire with the device and environment the started driver reports."""
+        self.command(line)
+        defined = yield self.client.wait_for(lambda m: m.name == "ENVIRONMENT")
+        environment = {one.get("name"): (one.text or "").strip() for one in ElementTree.fromstring(defined.raw)}
+        return {"device": defined.device, **environment}
+
+    @defer.inlineCallbacks
+    def test_start_settings_reach_driver(self):
+        """start -n -c -s: the driver program runs with INDIDEV, INDICONFIG and INDISKEL set to them."""
+        program = self.env_reporter()
+        seen = yield self.reported(f'start {program} -n "Dev A" -c "/etc/my config.xml" -s "/usr/share/skel.xml"')
+        self.assertEqual(seen, {
+            "device": "Dev A", "INDIDEV": "Dev A", "INDICONFIG": "/etc/my config.xml",
+            "INDISKEL": "/usr/share/skel.xml", "INDIPREFIX": "/inherited-prefix",
+        })
+
+    @defer.inlineCallbacks
+    def test_bare_start_inherits_only_prefix(self):
+        """A start without settings gives the driver no INDIDEV, INDICONFIG or INDISKEL, even the server's own; INDIPREFIX passes through, as with indiserver."""
+        program = self.env_reporter()
+        seen = yield self.reported(f"start {program}")
+        self.assertEqual(seen, {
+            "device": "Env Reporter", "INDIDEV": "(unset)", "INDICONFIG": "(unset)",
+            "INDISKEL": "(unset)", "INDIPREFIX": "/inherited-prefix",
+        })
+
+    @defer.inlineCallbacks
+    def test_prefix_runs_prefix_bin_driver(self):
+        """start DRIVER -p PREFIX runs PREFIX/bin/DRIVER with INDIPREFIX set to PREFIX."""
+        prefix = os.path.abspath(self.mktemp())
+        self.env_reporter(os.path.join(prefix, "bin"))
+        seen = yield self.reported(f'start env-reporter -p "{prefix}" -n "Dev P"')
+        self.assertEqual((seen["device"], seen["INDIPREFIX"]), ("Dev P", prefix))
+
+    @defer.inlineCallbacks
+    def test_stop_by_announced_device(self):
+        """stop DRIVER -n DEVICE stops a driver started without -n that announced DEVICE itself (as web managers stop drivers)."""
+        program = self.env_reporter()
+        yield self.reported(f"start {program}")
+        self.command('stop env-reporter -n "Env Reporter"')
+        deleted = yield self.client.wait_for(lambda m: m.tag == "delProperty")
+        self.assertEqual(deleted.device, "Env Reporter")
 
     @defer.inlineCallbacks
     def test_refusals_logged(self):
