@@ -25,7 +25,8 @@ from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
 from indiserv.tap import Options, makeService
 
 from .support import (
-    PACKAGE_ROOT, TestClient, child_env, free_port, require_command, require_programs, write_fifo,
+    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, require_command, require_programs,
+    serve, write_fifo,
 )
 from .test_tap import _Collect
 
@@ -40,6 +41,27 @@ def options_of(translated: list[str]) -> list[str]:
     return translated[len(DEFAULTS) : translated.index("--")]
 
 
+UNIX = "@/tmp/sock" if ABSTRACT else "/tmp/sock"
+
+#: Each of indiserver's options alone: the plugin's long options it
+#: becomes, and the setting of those it gives.
+FLAGS = [
+    (["-p", "7000"], ["--port", "7000"], "endpoint", "tcp:7000:interface=0.0.0.0"),
+    (["-m", "64"], ["--max-queue", "64"], "max-queue", 64),
+    (["-d", "2"], ["--max-stream", "2"], "max-stream", 2),
+    (["-d", "0"], ["--max-stream", "0"], "max-stream", 0),
+    (["-r", "3"], ["--restarts", "3"], "restarts", 3),
+    (["-r", "-1"], ["--restarts", "0"], "restarts", 0),
+    (["-f", "/run/fifo"], ["--fifo", "/run/fifo"], "fifo", "/run/fifo"),
+    (["-l", "/var/log/indi"], ["--log-dir", "/var/log/indi"], "log-dir", "/var/log/indi"),
+    (["-u", "/tmp/sock"], ["--unix", UNIX], "unix", UNIX),
+    (["-v"], ["--verbose"], "verbose", 1),
+    (["-vv"], ["--verbose"] * 2, "verbose", 2),
+    (["-vvv"], ["--verbose"] * 3, "verbose", 3),
+    (["-v", "-v"], ["--verbose"] * 2, "verbose", 2),
+]
+
+
 class TranslateTests(SynchronousTestCase):
     def test_drivers(self) -> None:
         """Every argument after the options is a driver or [device]@host[:port]; clients may come from anywhere."""
@@ -49,17 +71,11 @@ class TranslateTests(SynchronousTestCase):
         self.assertEqual(translated[:4], ["--host", "0.0.0.0", "--max-connections", "100"])
 
     def test_each_option(self) -> None:
-        """-p -m -d -r -f -l -u become the plugin's long options."""
-        translated = translate(
-            ["-p", "7000", "-m", "64", "-d", "0", "-r", "3", "-f", "/run/fifo", "-l", "/var/log/indi",
-             "-u", "/tmp/sock", "drv"]
-        )
-        self.assertEqual(
-            options_of(translated),
-            ["--port", "7000", "--max-queue", "64", "--max-stream", "0", "--restarts", "3",
-             "--fifo", "/run/fifo", "--log-dir", "/var/log/indi",
-             "--unix", "@/tmp/sock" if ABSTRACT else "/tmp/sock"],
-        )
+        """Each of indiserver's options (FLAGS) becomes the plugin's long option and gives the setting it names."""
+        for argv, long_form, setting, value in FLAGS:
+            with self.subTest(argv=argv):
+                self.assertEqual(options_of(translate([*argv, "sh"])), long_form)
+                self.assertEqual(parse([*argv, "sh"])[setting], value)
 
     def test_combined_letters(self) -> None:
         """Letters combine, each value coming from the next argument in turn (-vvm 64, -mp 64 7000)."""
@@ -303,6 +319,35 @@ class CommandTests(TestCase):
         self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: startup: indiserv -v -p 0 ")
         self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: indi_simulator_telescope: \S")
         self.assertRegex(output, r"(?m): driver indi_simulator_telescope attached$")
+
+    @defer.inlineCallbacks
+    def verbose_lines(self, level: str, pattern: bytes):
+        """
+        Run indiserv at C{level} linked to a server of the simulator, have
+        a client ask for the simulator's properties, and fire with the
+        output once a line matches C{pattern} (in which {port} stands for
+        the linked server's port).
+        """
+        lower = yield serve(self, SIMULATOR_COMMAND_LINE.split(), env=self.env)
+        watch = self.indiserv(level, "-p", "0", f"@127.0.0.1:{lower.port}")
+        listening = yield watch.seen
+        yield self.getprop(int(listening.group(1)), "indiserv Simulator.CONNECTION.*")
+        yield watch.wait_for(pattern.replace(b"{port}", str(lower.port).encode()))
+        return watch.output.decode()
+
+    @defer.inlineCallbacks
+    def test_vv_summaries_name_links(self):
+        """-vv logs a summary line per message, each naming its link: the linked server (remote host:port) and the client (client host:port)."""
+        output = yield self.verbose_lines(
+            "-vv", rb"remote 127\.0\.0\.1:{port}: defSwitchVector indiserv Simulator\.CONNECTION\n"
+        )
+        self.assertRegex(output, r"client 127\.0\.0\.1:\d+: getProperties indiserv Simulator")
+        self.assertNotIn("<defSwitchVector", output)
+
+    @defer.inlineCallbacks
+    def test_vvv_full_xml(self):
+        """-vvv logs each message's XML, naming its link."""
+        yield self.verbose_lines("-vvv", rb"remote 127\.0\.0\.1:{port}: <defSwitchVector [^\n]*name=.CONNECTION")
 
     @defer.inlineCallbacks
     def test_fifo_only(self):

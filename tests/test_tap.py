@@ -185,23 +185,33 @@ class _Collect(ProcessProtocol):
 
     def __init__(self, pattern: bytes) -> None:
         self.output = b""
-        self.pattern = re.compile(pattern)
-        self.seen: defer.Deferred[re.Match[bytes]] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self._waiting: list[tuple[re.Pattern[bytes], defer.Deferred[re.Match[bytes]]]] = []
+        self.seen = self.wait_for(pattern)
+
+    def wait_for(self, pattern: bytes) -> defer.Deferred[re.Match[bytes]]:
+        """Fires with the first match of C{pattern} in the output, so far or to come."""
+        found: defer.Deferred[re.Match[bytes]] = defer.Deferred()
+        self._waiting.append((re.compile(pattern), found))
+        self.outReceived(b"")
+        return found
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
-        found = self.pattern.search(self.output)
-        if found and not self.seen.called:
-            self.seen.callback(found)
+        for waiting in list(self._waiting):
+            match = waiting[0].search(self.output)
+            if match:
+                self._waiting.remove(waiting)
+                waiting[1].callback(match)
 
     errReceived = outReceived
 
     def processEnded(self, reason: object) -> None:
         #: How it ended: ProcessDone, or ProcessTerminated with exitCode.
         self.reason = reason
-        if not self.seen.called:
-            self.seen.errback(AssertionError(self.output.decode("utf-8", "replace")))
+        waiting, self._waiting = self._waiting, []
+        for _, found in waiting:
+            found.errback(AssertionError(self.output.decode("utf-8", "replace")))
         self.ended.callback(None)
 
 
