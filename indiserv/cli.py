@@ -125,6 +125,11 @@ def _value(letter: str, value: str) -> str:
             return value
         # indiserver takes a negative restart count for none.
         return str(max(number, 0))
+    if letter in "md":
+        try:
+            float(value)
+        except ValueError:
+            raise usage.UsageError(f"-{letter} requires a number of MB, not {value!r}")
     if letter == "u" and sys.platform.startswith("linux"):
         # indiserver listens in Linux's abstract namespace.
         return "@" + value
@@ -134,7 +139,14 @@ def _value(letter: str, value: str) -> str:
 def parse(args: list[str]) -> Options:
     """The plugin's L{Options} for indiserver's command line C{args}."""
     options = Options()
-    options.parseOptions(translate(args))
+    try:
+        options.parseOptions(translate(args))
+    except usage.UsageError as e:
+        # The plugin names its long options; say the letters given here.
+        text = str(e)
+        for letter, (option, _) in VALUE_OPTIONS.items():
+            text = text.replace(option, f"-{letter}")
+        raise usage.UsageError(text) from None
     return options
 
 

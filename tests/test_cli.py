@@ -157,6 +157,16 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertEqual(shape(ours), shape(theirs))
 
+    def test_errors_name_short_options(self) -> None:
+        """A value the plugin refuses is reported under indiserver's letter, not the long option."""
+        for args, said in [
+            (["-d", "-1"], "-d cannot be negative"),
+            (["-m", "0"], "-m must be positive"),
+            (["-m", "many"], "-m requires a number of MB, not 'many'"),
+        ]:
+            error = self.assertRaises(UsageError, parse, [*args, "sh"])
+            self.assertEqual(str(error), said)
+
     def test_driver_checked(self) -> None:
         """A driver that is not on PATH is a usage error, before anything starts."""
         error = self.assertRaises(UsageError, parse, ["indi_no_such_driver"])
