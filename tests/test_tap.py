@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -21,7 +23,7 @@ from indiserv.daylog import DayLog
 from indiserv.service import IndiServer
 from indiserv.tap import Options, makeService
 
-from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script
+from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script, free_port
 
 
 def parse(*argv: str) -> Options:
@@ -245,3 +247,40 @@ class TwistdSmokeTests(TestCase):
         yield output.ended
         yield client.lost
         self.assertIn(b"indiserv-simulator: serving device", output.output)
+
+    @defer.inlineCallbacks
+    def test_daemon_with_pid_file_and_log_file(self):
+        """twistd indiserver as docs/twistd.rst runs it: a daemon that writes its pid file and log file, serves, and stops on SIGTERM to that pid."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile, logfile = os.path.join(directory, "indiserv.pid"), os.path.join(directory, "indiserv.log")
+        script = executable_script(directory, "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
+        port = free_port()
+        # twistd's first process returns once the daemon has started its services.
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-c", TWISTD, "--pidfile", pidfile, "--logfile", logfile, "indiserver",
+             "--port", str(port), "--host", "127.0.0.1", script],
+            env=child_env(), path=PACKAGE_ROOT,
+        )
+        self.assertEqual(code, 0, out + err)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(_kill_if_running, pid)
+        client = yield connect_client(port)
+        client.say(b"<getProperties version='1.7'/>")
+        defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
+        self.assertEqual(defined.device, "indiserv Simulator")
+        with open(logfile) as f:
+            self.assertIn(f"listening on IPv4Address(type='TCP', host='127.0.0.1', port={port})", f.read())
+        os.kill(pid, signal.SIGTERM)
+        said = yield client.wait_for(lambda m: m.tag == "message" and m.device is None)
+        self.assertIn("shut", said.attrs["message"].lower())
+        yield client.lost
+
+
+def _kill_if_running(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
