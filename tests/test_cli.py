@@ -360,6 +360,18 @@ class CommandTests(TestCase):
         yield self.verbose_lines("-vvv", rb"remote 127\.0\.0\.1:{port}: <defSwitchVector [^\n]*name=.CONNECTION")
 
     @defer.inlineCallbacks
+    def test_serves_installed_simulator_command(self):
+        """indiserv serves the installed indiserv-simulator command by name, as any driver on PATH."""
+        require_programs("indi_getprop")
+        command = require_command("indiserv-simulator")
+        self.env["PATH"] = os.path.dirname(command) + os.pathsep + self.env["PATH"]
+        watch = self.indiserv("-p", "0", "indiserv-simulator")
+        listening = yield watch.seen
+        code, lines = yield self.getprop(int(listening.group(1)), "indiserv Simulator.CONNECTION.*")
+        self.assertEqual(code, 0, watch.output)
+        self.assertIn("indiserv Simulator.CONNECTION.CONNECT=Off", lines)
+
+    @defer.inlineCallbacks
     def test_fifo_only(self):
         """With only -f it waits for drivers; a start written into the FIFO serves the telescope under its -n name."""
         require_programs("indi_simulator_telescope", "indi_getprop")
