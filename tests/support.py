@@ -47,6 +47,14 @@ def require_programs(*programs: str) -> None:
         _cannot_run(f"needs {', '.join(missing)} (Debian package indi-bin)")
 
 
+def require_module(name: str, install: str) -> None:
+    """Skip (fail under INDISERV_REQUIRE_INTEROP=1) unless Python module C{name} imports."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        _cannot_run(f"needs the Python module {name} ({install})")
+
+
 def _cannot_run(why: str) -> NoReturn:
     """Skip the test for C{why}, or fail it where CI demands interop."""
     if REQUIRE_INTEROP:

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from indiserv import IndiServer
 
-from .support import PACKAGE_ROOT, child_env, client_of, free_port, require_programs, serve
+from .support import PACKAGE_ROOT, child_env, client_of, free_port, require_module, require_programs, serve
 from .test_tap import TWISTD, _Collect
 
 TELESCOPE = "Telescope Simulator"
@@ -220,6 +220,74 @@ class ControlTests(InteropTestCase):
         yield refuses.wait_for(lambda m: m.tag == "pingReply")
         self.assertFalse([m for m in refuses.received if m.blob])
         self.assertIn("setNumberVector", refuses.tags())
+
+
+# libindiclient (indilib's C++ client library, which KStars/Ekos and PHD2
+# use) through pyindi-client: connect the CCD simulator, ask for BLOBs,
+# expose, and report the frame that arrives.
+LIBINDICLIENT_EXPOSURE = """
+import sys, threading
+import PyIndi
+
+CCD = "CCD Simulator"
+
+
+class Client(PyIndi.BaseClient):
+    def __init__(self):
+        super().__init__()
+        self.defined = {}
+        self.frame = None
+        self.image = threading.Event()
+
+    def definition(self, name):
+        return self.defined.setdefault(name, threading.Event())
+
+    def newProperty(self, prop):
+        if prop.getDeviceName() == CCD:
+            self.definition(prop.getName()).set()
+
+    def updateProperty(self, prop):
+        if prop.getDeviceName() == CCD and prop.getType() == PyIndi.INDI_BLOB:
+            blob = PyIndi.PropertyBlob(prop)[0]
+            self.frame = (blob.getFormat(), bytes(blob.getblobdata()))
+            self.image.set()
+
+
+client = Client()
+client.setServer("127.0.0.1", int(sys.argv[1]))
+if not client.connectServer():
+    sys.exit("cannot connect")
+if not client.definition("CONNECTION").wait(20):
+    sys.exit("no CONNECTION")
+client.connectDevice(CCD)
+if not client.definition("CCD_EXPOSURE").wait(20):
+    sys.exit("no CCD_EXPOSURE after connecting")
+client.setBLOBMode(PyIndi.B_ALSO, CCD, None)
+exposure = client.getDevice(CCD).getNumber("CCD_EXPOSURE")
+exposure[0].setValue(0.1)
+client.sendNewNumber(exposure)
+if not client.image.wait(30):
+    sys.exit("no image")
+blob_format, data = client.frame
+print(blob_format, len(data), data[:6].decode("ascii", "replace"))
+client.disconnectServer()
+"""
+
+
+class LibIndiClientTests(InteropTestCase):
+    """indilib's own client library, as KStars/Ekos and PHD2 use it."""
+
+    @defer.inlineCallbacks
+    def test_exposure_reaches_libindiclient(self):
+        """libindiclient connects the CCD simulator through indiserv, asks for BLOBs, exposes and gets the whole FITS frame."""
+        require_module("PyIndi", "pip install --no-deps pyindi-client")
+        server = yield self.indiserv("indi_simulator_ccd")
+        out, err, code = yield self.run_tool(sys.executable, "-c", LIBINDICLIENT_EXPOSURE, str(server.port))
+        self.assertEqual(code, 0, err)
+        blob_format, size, start = out.decode().split()
+        self.assertEqual((blob_format, start), (".fits", "SIMPLE"))
+        # The simulator's default frame: 1280 x 1024 16-bit pixels, plus FITS headers.
+        self.assertGreater(int(size), 1280 * 1024 * 2)
 
 
 class SnoopTests(InteropTestCase):
