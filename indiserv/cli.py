@@ -19,6 +19,7 @@ prints the usage and exits with status 2.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import IO, Any, NoReturn
@@ -143,9 +144,8 @@ def parse(args: list[str]) -> Options:
         options.parseOptions(translate(args))
     except usage.UsageError as e:
         # The plugin names its long options; say the letters given here.
-        text = str(e)
-        for letter, (option, _) in VALUE_OPTIONS.items():
-            text = text.replace(option, f"-{letter}")
+        letters = {option: f"-{letter}" for letter, (option, _) in VALUE_OPTIONS.items()}
+        text = re.sub(r"(?<![\w/.-])--[a-z-]+\b", lambda m: letters.get(m.group(), m.group()), str(e))
         raise usage.UsageError(text) from None
     return options
 

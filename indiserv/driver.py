@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessExitedAlready
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -184,6 +184,17 @@ class DriverProcessProtocol(ProcessProtocol, Link):
             reason=error.reason,
         )
         return True
+
+    def drop_input(self) -> None:
+        """
+        Close the program's stdin now, with whatever is still queued for
+        it: a driver being stopped needs none of it, and a child it left
+        behind holding the pipe may never read it.
+        """
+        pipes = getattr(self.transport, "pipes", None)
+        writer = pipes.get(0) if pipes is not None else None
+        if writer is not None and not writer.disconnected:
+            writer.connectionLost(Failure(ConnectionDone("the driver is being stopped")))
 
     def processExited(self, reason: Failure) -> None:
         """The program is gone; its pipes may still drain into L{processEnded}."""
@@ -376,6 +387,7 @@ class DriverService(Service):
             # this one takes its time to exit.
             protocol.router.remove_link(protocol)
         protocol.stopping = True
+        protocol.drop_input()
         ended: defer.Deferred[None] = defer.Deferred()
         protocol.ended.addBoth(lambda _: ended.callback(None))
         kill = self.reactor.callLater(self.stop_timeout, self._signal, protocol, "KILL")

@@ -5,6 +5,7 @@ The twistd plugin: C{twistd -n indiserver --port 7624 DRIVER ...}.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import shlex
 import sys
@@ -187,6 +188,9 @@ class Options(usage.Options):
                     raise usage.UsageError(f"cannot read driver {driver!r}: {e}")
 
     def postOptions(self) -> None:
+        for option, value in self.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise usage.UsageError(f"--{option} must be a finite number, not {value}")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
         if self["keepalive"] < 0:
@@ -205,6 +209,9 @@ class Options(usage.Options):
         ):
             if self[option] <= 0:
                 raise usage.UsageError(f"--{option} must be positive")
+        for option in ("max-queue", "max-stream", "max-client-message", "max-driver-message"):
+            if 0 < self[option] and megabytes(self[option]) < 1:
+                raise usage.UsageError(f"--{option} {self[option]} MB is less than a byte")
         for command in self["drivers"]:
             if not command:
                 raise usage.UsageError("empty driver name")

@@ -603,7 +603,7 @@ def timestamp(when: datetime | None = None) -> str:
 
 
 # Characters XML 1.0 forbids, which must never reach a peer.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ATTRIBUTE_ESCAPES = str.maketrans(
     {
         "&": "&amp;",
@@ -636,52 +636,65 @@ def _build(tag: str, attrs: dict[str, str | None], text: str | None = None) -> M
 KINDS = ("Text", "Number", "Switch", "Light", "BLOB")
 
 
-def _attributes(attrs: Mapping[str, str | None]) -> str:
+def _attributes(attrs: Mapping[str, object]) -> str:
     """Attributes, escaped; those whose value is None are left out (optional in INDI)."""
     return "".join(
         f' {key}="{escape(str(value))}"' for key, value in attrs.items() if value is not None
     )
 
 
-def _element(tag: str, attrs: Mapping[str, str | None], text: str | None = None) -> str:
+def _element(tag: str, attrs: Mapping[str, object], text: str | None = None) -> str:
     """One element with C{text} (escaped) or empty."""
     if text is None:
         return f"<{tag}{_attributes(attrs)}/>"
     return f"<{tag}{_attributes(attrs)}>{escape(text)}</{tag}>"
 
 
+#: What an attribute name may be, here (XML allows more; INDI uses less).
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.-]*\Z")
+
+
 def _vector(
     verb: str,
     member_verb: str,
     kind: str,
-    attrs: dict[str, str | None],
-    members: Iterable[tuple[str, Mapping[str, str | None], str | None]],
-    blob: bool = False,
+    attrs: dict[str, object],
+    members: Iterable[tuple[str, Mapping[str, object], object]],
 ) -> Message:
     if kind not in KINDS:
         raise ValueError(f"unknown kind of property {kind!r} (one of {', '.join(KINDS)})")
-    body = "".join(
-        "\n  " + _element(f"{member_verb}{kind}", {"name": name, **extra}, value)
-        for name, extra, value in members
-    )
-    tag = f"{verb}{kind}Vector"
-    xml = f"<{tag}{_attributes(attrs)}>{body}\n</{tag}>\n"
     present = {key: str(value) for key, value in attrs.items() if value is not None}
-    return Message(tag, present, xml.encode("utf-8"), blob=blob)
+    body = []
+    blob = stream = False
+    for name, extra, value in members:
+        member = {"name": name, **extra}
+        for key in (*present, *member):
+            if not _ATTRIBUTE_NAME.match(key):
+                raise ValueError(f"{key!r} cannot be an attribute name")
+        text = None if value is None else str(value)
+        body.append("\n  " + _element(f"{member_verb}{kind}", member, text))
+        if member_verb == "one" and kind == "BLOB":
+            blob = True
+            stream = stream or "stream" in str(member.get("format", ""))
+    tag = f"{verb}{kind}Vector"
+    xml = f"<{tag}{_attributes(present)}>{''.join(body)}\n</{tag}>\n"
+    message = Message(tag, present, xml.encode("utf-8"), blob=blob)
+    message.stream = stream
+    return message
 
 
 def def_vector(
     kind: str,
     device: str,
     name: str,
-    members: Mapping[str, str | None],
-    member_attrs: Mapping[str, Mapping[str, str]] | None = None,
-    **attrs: str | None,
+    members: Mapping[str, object],
+    member_attrs: Mapping[str, Mapping[str, object]] | None = None,
+    **attrs: object,
 ) -> Message:
     """
     A C{def*Vector} (C{kind} is C{"Number"}, C{"Switch"} and so on)
     defining property C{name} of C{device}: each member's value (None for
-    BLOBs), its attributes from C{member_attrs} (C{label}, and C{format},
+    BLOBs; numbers are written with C{str}), its attributes from C{member_attrs} (C{label}, and C{format},
     C{min}, C{max}, C{step} for numbers) and the vector's C{attrs}
     (C{label}, C{group}, C{state}, C{perm}, C{rule}, C{timeout}, ...).
     C{timestamp} is now unless given.
@@ -695,7 +708,7 @@ def def_vector(
 
 
 def set_vector(
-    kind: str, device: str, name: str, members: Mapping[str, str], **attrs: str | None
+    kind: str, device: str, name: str, members: Mapping[str, object], **attrs: object
 ) -> Message:
     """
     A C{set*Vector} giving C{members} new values (for BLOBs use
@@ -712,29 +725,35 @@ def set_vector(
 
 
 def set_blob_vector(
-    device: str, name: str, blobs: Mapping[str, tuple[bytes, str]], **attrs: str | None
+    device: str,
+    name: str,
+    blobs: Mapping[str, tuple[bytes, str] | tuple[bytes, str, int]],
+    **attrs: object,
 ) -> Message:
     """
     A C{setBLOBVector} carrying, for each member, C{(data, format)}: the
-    data base64-encoded, with its C{size} and C{enclen}.
+    data base64-encoded, with its C{size} and C{enclen}.  For compressed
+    data (format C{.fits.z}, say) give C{(data, format, size)}: INDI's
+    C{size} is the size before compression.
     """
     members = []
-    for member, (data, blob_format) in blobs.items():
+    for member, (data, blob_format, *size) in blobs.items():
         encoded = base64.b64encode(data).decode("ascii")
         members.append((
             member,
-            {"size": str(len(data)), "format": blob_format, "enclen": str(len(encoded))},
+            {"size": str(size[0] if size else len(data)), "format": blob_format,
+             "enclen": str(len(encoded))},
             encoded,
         ))
     return _vector(
         "set", "one", "BLOB",
         {"device": device, "name": name, "timestamp": timestamp(), **attrs},
-        members, blob=True,
+        members,
     )
 
 
 def new_vector(
-    kind: str, device: str, name: str, members: Mapping[str, str], **attrs: str | None
+    kind: str, device: str, name: str, members: Mapping[str, object], **attrs: object
 ) -> Message:
     """A client's C{new*Vector} asking C{device} to give C{members} these values."""
     if kind == "BLOB":

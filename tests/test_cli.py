@@ -163,9 +163,17 @@ class ParseTests(SynchronousTestCase):
             (["-d", "-1"], "-d cannot be negative"),
             (["-m", "0"], "-m must be positive"),
             (["-m", "many"], "-m requires a number of MB, not 'many'"),
+            (["-d", "nan"], "-d must be a finite number, not nan"),
+            (["-m", "inf"], "-m must be a finite number, not inf"),
+            (["-m", "1e-9"], "-m 1e-09 MB is less than a byte"),
         ]:
             error = self.assertRaises(UsageError, parse, [*args, "sh"])
             self.assertEqual(str(error), said)
+
+    def test_option_names_in_paths_left_alone(self) -> None:
+        """Only whole option names become letters: a path holding --port in a message keeps it."""
+        error = self.assertRaises(UsageError, parse, ["/opt/x--port/indi_no_such_driver"])
+        self.assertIn("/opt/x--port/indi_no_such_driver", str(error))
 
     def test_driver_checked(self) -> None:
         """A driver that is not on PATH is a usage error, before anything starts."""
@@ -341,7 +349,8 @@ class CommandTests(TestCase):
         lower = yield serve(self, SIMULATOR_COMMAND_LINE.split(), env=self.env)
         watch = self.indiserv(level, "-p", "0", f"@127.0.0.1:{lower.port}")
         listening = yield watch.seen
-        yield self.getprop(int(listening.group(1)), "indiserv Simulator.CONNECTION.*")
+        code, _ = yield self.getprop(int(listening.group(1)), "indiserv Simulator.CONNECTION.*")
+        self.assertEqual(code, 0, watch.output)
         yield watch.wait_for(pattern.replace(b"{port}", str(lower.port).encode()))
         return watch.output.decode()
 
@@ -356,8 +365,9 @@ class CommandTests(TestCase):
 
     @defer.inlineCallbacks
     def test_vvv_full_xml(self):
-        """-vvv logs each message's XML, naming its link."""
-        yield self.verbose_lines("-vvv", rb"remote 127\.0\.0\.1:{port}: <defSwitchVector [^\n]*name=.CONNECTION")
+        """-vvv logs messages' XML, naming their links: the linked server's and the client's."""
+        output = yield self.verbose_lines("-vvv", rb"remote 127\.0\.0\.1:{port}: <defSwitchVector [^\n]*name=.CONNECTION")
+        self.assertRegex(output, r"client 127\.0\.0\.1:\d+: <getProperties [^\n]*device=.indiserv Simulator")
 
     @defer.inlineCallbacks
     def test_serves_installed_simulator_command(self):

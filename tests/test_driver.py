@@ -304,33 +304,50 @@ class RealDriverTests(TestCase):
         self.assertTrue(any("bad INDI" in e["log_format"] for e in logged))
 
     @defer.inlineCallbacks
-    def test_stop_does_not_wait_for_what_the_driver_left_running(self):
-        """A driver whose leftover child holds its pipes has ended for the server once it exits on SIGTERM."""
+    def leftover_driver(self, holds_input: bool = False, exits: bool = False):
+        """
+        A shell-script driver that starts a child holding its output pipes
+        (and, with C{holds_input}, its stdin, unread) and then stays, or
+        with C{exits} exits at once; fire with its service once it runs.
+        """
         leftover = os.path.abspath(self.mktemp())
-        # A wrapper script: its background child inherits stdout and stderr.
-        script = f"sleep 300 & echo $! > {leftover}; echo '<message message=\"up\"/>'; exec sleep 300"
+        child = "exec 3<&0; sleep 300 <&3 3<&- &" if holds_input else "sleep 300 &"
+        script = f"{child} echo $! > {leftover}; echo '<message message=\"up\"/>'; " + (
+            "exit 0" if exits else "exec sleep 300"
+        )
         service, client = self.start("/bin/sh", "-c", script)
         service.stop_timeout = 600  # SIGKILL must not be what ends it
         yield client.wait_for(lambda m: m.tag == "message")
         self.addCleanup(lambda: os.kill(int(open(leftover).read()), signal.SIGKILL))
-        ended = service.protocol.ended
+        return service
+
+    @defer.inlineCallbacks
+    def test_stop_does_not_wait_for_what_the_driver_left_running(self):
+        """A driver whose leftover child holds its output pipes has ended for the server once it exits on SIGTERM."""
+        service = yield self.leftover_driver()
         yield service.stopService()
-        self.assertTrue(ended.called)
+
+    test_stop_does_not_wait_for_what_the_driver_left_running.timeout = 10  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_stop_drops_input_a_leftover_holds(self):
+        """Input queued for a stopped driver is dropped, not waited on, when a leftover child holds its stdin unread."""
+        service = yield self.leftover_driver(holds_input=True)
+        service.protocol.write(b" " * (4 * 1024 * 1024))  # far more than a pipe holds
+        yield service.stopService()
+
+    test_stop_drops_input_a_leftover_holds.timeout = 10  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_stop_after_exit_does_not_wait_for_what_the_driver_left_running(self):
         """A driver that exited by itself, its leftover child holding its pipes, is done with at once when stopped."""
-        leftover = os.path.abspath(self.mktemp())
-        script = f"sleep 300 & echo $! > {leftover}; echo '<message message=\"up\"/>'; exit 0"
-        service, client = self.start("/bin/sh", "-c", script)
-        service.stop_timeout = 600
-        yield client.wait_for(lambda m: m.tag == "message")
-        self.addCleanup(lambda: os.kill(int(open(leftover).read()), signal.SIGKILL))
+        service = yield self.leftover_driver(exits=True)
         protocol = service.protocol
         yield protocol.exited
         self.assertFalse(protocol.ended.called)  # the pipes are still open
         yield service.stopService()
-        self.assertTrue(protocol.ended.called)
+
+    test_stop_after_exit_does_not_wait_for_what_the_driver_left_running.timeout = 10  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_stop_service_ends_driver(self):

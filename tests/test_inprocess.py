@@ -133,6 +133,25 @@ class TwistedNativeTests(TestCase):
         self.assertIn(b">13.25<", update.raw)
 
     @defer.inlineCallbacks
+    def test_thermometer_example_survives_failed_reading(self):
+        """A reading that fails is logged and the thermometer goes on with the next one."""
+        example = load_example("thermometer")
+        clock = Clock()
+
+        def unplugged() -> float:
+            raise OSError("sensor unplugged")
+
+        readings = iter([lambda: 12.5, unplugged, lambda: 14.0])
+        server = yield serve(self, inprocess=[example.Thermometer(lambda: next(readings)(), clock=clock)])
+        client = yield client_of(self, server)
+        yield client.wait_for(lambda m: m.tag == "defNumberVector" and m.device == example.DEVICE)
+        clock.advance(5)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        clock.advance(5)
+        update = yield client.wait_for(lambda m: m.tag == "setNumberVector")
+        self.assertIn(b">14.00<", update.raw)
+
+    @defer.inlineCallbacks
     def test_bad_output_dropped_and_logged(self):
         """Malformed XML from an in-process driver is logged and dropped; what follows still routes."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
@@ -710,13 +729,18 @@ INDIPYCLIENT_FRAME = textwrap.dedent("""
     class Client(IPyClient):
         \"\"\"Once the camera's IMAGE is defined, asks for BLOBs and a frame; writes the frame out.\"\"\"
 
+        exposed = written = False
+
         async def rxevent(self, event):
             if getattr(event, "devicename", None) != "Pocket Camera":
                 return
-            if event.eventtype == "DefineBLOB":
+            # The camera may define IMAGE twice (for the server and for us).
+            if event.eventtype == "DefineBLOB" and not self.exposed:
+                self.exposed = True
                 await self.send_enableBLOB("Also", "Pocket Camera", "IMAGE")
                 await self.send_newVector("Pocket Camera", "EXPOSE", members={"EXPOSE": "On"})
-            elif event.eventtype == "SetBLOB":
+            elif event.eventtype == "SetBLOB" and not self.written:
+                self.written = True
                 sys.stdout.buffer.write(event["FRAME"])
                 self.shutdown()
 

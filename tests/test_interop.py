@@ -249,7 +249,7 @@ class Client(PyIndi.BaseClient):
     def updateProperty(self, prop):
         if prop.getDeviceName() == CCD and prop.getType() == PyIndi.INDI_BLOB:
             blob = PyIndi.PropertyBlob(prop)[0]
-            self.frame = (blob.getFormat(), bytes(blob.getblobdata()))
+            self.frame = (blob.getFormat(), blob.getSize(), bytes(blob.getblobdata()))
             self.image.set()
 
 
@@ -268,8 +268,8 @@ exposure[0].setValue(0.1)
 client.sendNewNumber(exposure)
 if not client.image.wait(30):
     sys.exit("no image")
-blob_format, data = client.frame
-print(blob_format, len(data), data[:6].decode("ascii", "replace"))
+blob_format, size, data = client.frame
+print(blob_format, size, len(data), data[:6].decode("ascii", "replace"))
 client.disconnectServer()
 """
 
@@ -284,10 +284,12 @@ class LibIndiClientTests(InteropTestCase):
         server = yield self.indiserv("indi_simulator_ccd")
         out, err, code = yield self.run_tool(sys.executable, "-c", LIBINDICLIENT_EXPOSURE, str(server.port))
         self.assertEqual(code, 0, err)
-        blob_format, size, start = out.decode().split()
+        blob_format, size, received, start = out.decode().split()
         self.assertEqual((blob_format, start), (".fits", "SIMPLE"))
+        self.assertEqual(received, size)  # as many bytes as the driver said it sent
+        self.assertEqual(int(received) % 2880, 0)  # FITS files come in 2880-byte blocks
         # The simulator's default frame: 1280 x 1024 16-bit pixels, plus FITS headers.
-        self.assertGreater(int(size), 1280 * 1024 * 2)
+        self.assertGreater(int(received), 1280 * 1024 * 2)
 
 
 class SnoopTests(InteropTestCase):

@@ -166,7 +166,7 @@ class EmbeddingTests(TestCase):
 
     @defer.inlineCallbacks
     def test_stopping_parent_stops_server_drivers_and_connections(self):
-        """Stopping the application closes both ports, stops both drivers (the executable one reaped) and tells clients before hanging up."""
+        """Stopping the application closes both ports, stops both drivers (the in-process one withdrawn, the executable one reaped) and tells clients before hanging up."""
         require_programs("indi_simulator_telescope")
         example = load_example("observatory_web")
         top = example.observatory(web_port="tcp:0:interface=127.0.0.1", indi_port=0)
@@ -196,7 +196,8 @@ class EmbeddingTests(TestCase):
         self.assertTrue(indi.stopped.called)
         told = [m.attrs["message"] for m in client.received if m.tag == "message" and m.device is None]
         self.assertTrue([text for text in told if "shutting down" in text.lower()], told)
-        self.assertEqual([s for s in indi if s.running], [])  # the in-process simulator too
+        withdrawn = [m.device for m in client.received if m.tag == "delProperty"]
+        self.assertIn(SIMULATOR, withdrawn)  # the in-process simulator, stopped with the rest
         yield self.assertFailure(connect_client(web_port), ConnectionRefusedError)
         self.assertFalse([pid for pid, _ in child_processes() if pid in running])
         yield self.assertFailure(connect_client(indi.port), ConnectionRefusedError)

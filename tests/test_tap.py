@@ -12,6 +12,7 @@ import sys
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
@@ -196,6 +197,9 @@ class _Collect(ProcessProtocol):
         found: defer.Deferred[re.Match[bytes]] = defer.Deferred()
         self._waiting.append((re.compile(pattern), found))
         self.outReceived(b"")
+        if self.ended.called and not found.called:
+            self._waiting.pop()
+            found.errback(AssertionError(self.output.decode("utf-8", "replace")))
         return found
 
     def outReceived(self, data: bytes) -> None:
@@ -250,7 +254,7 @@ class TwistdSmokeTests(TestCase):
 
     @defer.inlineCallbacks
     def test_daemon_with_pid_file_and_log_file(self):
-        """twistd indiserver as docs/twistd.rst runs it: a daemon that writes its pid file and log file, serves, and stops on SIGTERM to that pid."""
+        """twistd indiserver as docs/twistd.rst runs it: a daemon that writes its pid file and log file, serves, and on SIGTERM to that pid tells clients, exits and removes the pid file."""
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pidfile, logfile = os.path.join(directory, "indiserv.pid"), os.path.join(directory, "indiserv.log")
@@ -277,6 +281,18 @@ class TwistdSmokeTests(TestCase):
         said = yield client.wait_for(lambda m: m.tag == "message" and m.device is None)
         self.assertIn("shut", said.attrs["message"].lower())
         yield client.lost
+        # Not our child, so no event says it has gone: look until it has.
+        while _running(pid) or os.path.exists(pidfile):
+            yield deferLater(reactor, 0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether process C{pid} is still there (and not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _kill_if_running(pid: int) -> None:

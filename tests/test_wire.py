@@ -316,3 +316,37 @@ class BuilderTests(SynchronousTestCase):
         self.assertRaises(ValueError, wire.def_vector, "Numbers", "D", "P", {})
         self.assertRaises(ValueError, wire.set_vector, "BLOB", "D", "P", {})
         self.assertRaises(ValueError, wire.new_vector, "BLOB", "D", "P", {})
+
+    def test_values_written_with_str(self) -> None:
+        """Numbers may be given as numbers, for values and attributes alike."""
+        built = wire.set_vector("Number", "Dev", "T", {"T": 21.5}, timeout=60)
+        element = ElementTree.fromstring(built.raw)
+        self.assertEqual((element[0].text, element.get("timeout")), ("21.5", "60"))
+
+    def test_compressed_blob_size(self) -> None:
+        """A compressed BLOB carries the size it was given, its size before compression."""
+        built = wire.set_blob_vector("CCD", "IMAGE", {"IMAGE": (b"zz", ".fits.z", 2880)})
+        (blob,) = ElementTree.fromstring(built.raw)
+        self.assertEqual((blob.get("size"), blob.get("enclen")), ("2880", "4"))
+
+    def test_built_blob_flags_as_parsed(self) -> None:
+        """A built message is flagged blob and stream exactly as the parser flags it read back."""
+        for built in (
+            wire.set_blob_vector("CCD", "VIDEO", {"FRAME": (b"x", ".stream_jpg")}),
+            wire.set_blob_vector("CCD", "IMAGE", {"IMAGE": (b"x", ".fits")}),
+            wire.set_blob_vector("CCD", "IMAGE", {}),
+            wire.def_vector("BLOB", "CCD", "IMAGE", {"IMAGE": None}),
+        ):
+            (parsed,) = Parser().feed(built.raw)
+            self.assertEqual((built.blob, built.stream), (parsed.blob, parsed.stream), built.raw)
+
+    def test_bad_attribute_names_refused(self) -> None:
+        """An attribute name that is not a plain XML name is a ValueError, not markup let in."""
+        self.assertRaises(ValueError, wire.def_vector, "Text", "D", "P", {"A": "x"}, {"A": {'x"/><y z="': "1"}})
+        self.assertRaises(ValueError, wire.set_vector, "Text", "D", "P", {"A": "x"}, **{"bad name": "1"})
+
+    def test_characters_xml_forbids_dropped(self) -> None:
+        """Control characters and lone surrogates in values are dropped, so the message still parses."""
+        built = wire.set_vector("Text", "D", "P", {"A": "a\x01b\udc80c"})
+        (parsed,) = Parser().feed(built.raw)
+        self.assertEqual(ElementTree.fromstring(parsed.raw)[0].text, "abc")

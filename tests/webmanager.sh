@@ -53,11 +53,15 @@ indiserver -p "$port" -m 1000 -v -f "$fifo" -u "$work/sock" >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server"' EXIT
 
+# A web manager writes at once, the write waiting until the server reads;
+# here the server must be up first, or a failed start would hang the write.
+reading() { logged "reading driver commands" || ! kill -0 "$server" 2>/dev/null; }
+eventually reading && kill -0 "$server" 2>/dev/null || fail "the server did not start"
+
 # Tools that find the server by process name (pgrep, psutil) see indiserver.
 comm=$(cat "/proc/$server/comm" 2>/dev/null) || comm="(gone)"
 [ "$comm" = indiserver ] || fail "the server's process name is $comm"
 
-# A web manager writes at once: the write waits until the server reads.
 echo "start indi_simulator_telescope -n \"Telescope Simulator\"" >"$fifo"
 echo "start indi_simulator_ccd" >"$fifo"
 

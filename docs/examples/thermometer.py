@@ -13,10 +13,13 @@ from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from indiserv import IndiServer, wire
 from indiserv.inprocess import IInProcessDriver
+
+log = Logger()
 
 DEVICE = "Garden Thermometer"
 PROPERTY = "TEMPERATURE"
@@ -67,7 +70,13 @@ class Thermometer:
         return {PROPERTY: f"{self.celsius:.2f}"}
 
     def _update(self) -> None:
-        self.celsius = self.read()
+        try:
+            self.celsius = self.read()
+        except Exception:
+            # Logged, and tried again next time: an error raised out of a
+            # LoopingCall would stop it for good.
+            log.failure("reading the thermometer failed")
+            return
         self._send(wire.set_vector("Number", DEVICE, PROPERTY, self._value(), state="Ok").raw)
 
 
