@@ -25,8 +25,8 @@ from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
 from indiserv.tap import Options, makeService
 
 from .support import (
-    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, require_command, require_programs,
-    serve, write_fifo,
+    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, require_command, require_module,
+    require_programs, serve, write_fifo,
 )
 from .test_tap import _Collect
 
@@ -268,6 +268,54 @@ class EntryPointTests(SynchronousTestCase):
 
 
 LISTENING = rb"listening on .*port=(\d+)"
+
+# indiwebmanager's class for running indiserver, as its web application
+# drives it: start the server with two drivers, stop one, stop the server.
+INDIWEB = """
+import subprocess, sys
+import psutil
+from indiweb.driver import DeviceDriver
+from indiweb.indi_server import IndiServer
+
+port, fifo, conf = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def tool(*argv):
+    return subprocess.call(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+
+
+def defined(device):
+    return tool("indi_eval", "-h", "127.0.0.1", "-p", str(port), "-t", "30", f'"{device}.CONNECTION.CONNECT"==0')
+
+
+def served(device):
+    return tool("indi_getprop", "-h", "127.0.0.1", "-p", str(port), "-t", "1", f"{device}.CONNECTION.CONNECT")
+
+
+def found_by_name():
+    # What indiweb's stop() looks for: a process named indiserver with -p PORT.
+    return any(
+        process.info["name"] == "indiserver" and str(port) in process.cmdline()
+        for process in psutil.process_iter(["name"])
+    )
+
+
+server = IndiServer(fifo=fifo, conf_dir=conf)
+telescope = DeviceDriver("Telescope Simulator", "Telescope Simulator", "1.0", "indi_simulator_telescope", "Telescopes")
+ccd = DeviceDriver("CCD Simulator", "CCD Simulator", "1.0", "indi_simulator_ccd", "CCDs")
+server.start(port, [telescope, ccd])
+server.wait_for_drivers_started(30)
+print("running:", server.is_running(port))
+print("defined:", defined("Telescope Simulator"), defined("CCD Simulator"))
+print("found by name:", found_by_name())
+server.stop_driver(ccd)
+# Each check waits out a second: together longer than a first restart delay.
+gone = not served("CCD Simulator") and not served("CCD Simulator")
+print("ccd gone:", gone, "telescope still:", served("Telescope Simulator"))
+print("drivers:", sorted(server.get_running_drivers()))
+server.stop(port)
+print("stopped:", not server.is_running(port) and not found_by_name(), flush=True)
+"""
 #: A web manager's use of indiserver, as a shell script (see its comment).
 WEB_MANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webmanager.sh")
 
@@ -380,6 +428,32 @@ class CommandTests(TestCase):
         code, lines = yield self.getprop(int(listening.group(1)), "indiserv Simulator.CONNECTION.*")
         self.assertEqual(code, 0, watch.output)
         self.assertIn("indiserv Simulator.CONNECTION.CONNECT=Off", lines)
+
+    @defer.inlineCallbacks
+    def test_indiwebmanager(self):
+        """indiwebmanager's own server control (indiweb.indi_server) starts indiserv as indiserver, starts and stops drivers through its FIFO, finds it by name and stops it."""
+        require_programs("indi_simulator_telescope", "indi_simulator_ccd", "indi_getprop", "indi_eval")
+        require_module("indiweb", "pip install --no-deps indiweb")
+        require_module("psutil", "pip install psutil")
+        command = require_command("indiserv")
+        directory = os.path.join(self.home, "bin")
+        os.makedirs(directory)
+        os.symlink(command, os.path.join(directory, "indiserver"))
+        self.env["PATH"] = directory + os.pathsep + self.env["PATH"]
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-c", INDIWEB, str(free_port()), os.path.join(self.home, "indiFIFO"), self.home],
+            env=self.env, path=self.home,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines(), [
+            "running: True",
+            "defined: True True",
+            "found by name: True",
+            "ccd gone: True telescope still: True",
+            "drivers: ['Telescope Simulator']",
+            "stopped: True",
+        ], err)
 
     @defer.inlineCallbacks
     def test_fifo_only(self):
