@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -242,6 +242,16 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, then parent), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def child_processes(parent: int | None = None) -> list[tuple[int, str]]:
     """(pid, state) of every child of C{parent} (this process), zombies included."""
     children = []
@@ -249,15 +259,29 @@ def child_processes(parent: int | None = None) -> list[tuple[int, str]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == me:
+        fields = _stat_fields(entry)
+        if fields is not None and int(fields[1]) == me:
             children.append((int(entry), fields[0]))
     return children
+
+
+def process_running(pid: int) -> bool:
+    """Whether process C{pid} is still there, and not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def stdin_messages() -> Iterator[Message]:
+    """
+    The INDI messages a test driver program reads on its stdin, until the
+    server closes it (for driver scripts that tests write).
+    """
+    parser = Parser()
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            return
+        yield from parser.feed(data)
 
 
 def when_logged(testcase: TestCase, matches: Callable[[dict], bool]) -> defer.Deferred[dict]:

@@ -48,6 +48,7 @@ SIMULATOR = "indiserv Simulator"
 ENV_REPORTER = """
 import os, sys
 from indiserv import wire
+from tests.support import stdin_messages
 
 VARIABLES = ("INDIDEV", "INDICONFIG", "INDISKEL", "INDIPREFIX")
 device = os.environ.get("INDIDEV", "Env Reporter")
@@ -56,15 +57,10 @@ definition = wire.def_vector(
     {variable: os.environ.get(variable, "(unset)") for variable in VARIABLES},
     state="Ok", perm="ro",
 ).raw
-parser = wire.Parser()
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        break
-    for message in parser.feed(data):
-        if message.tag == "getProperties":
-            sys.stdout.buffer.write(definition)
-            sys.stdout.buffer.flush()
+for message in stdin_messages():
+    if message.tag == "getProperties":
+        sys.stdout.buffer.write(definition)
+        sys.stdout.buffer.flush()
 """
 
 

@@ -26,20 +26,16 @@ CCD = "CCD Simulator"
 # A driver that snoops one property of the telescope and reports, as INDI
 # messages of its own device, every message the server sends it.
 SNOOPER = """
-import os, sys
+import sys
 from indiserv import wire
+from tests.support import stdin_messages
 out = sys.stdout.buffer
 out.write(b"<getProperties version='1.7' device='Telescope Simulator' name='EQUATORIAL_EOD_COORD'/>")
 out.flush()
-parser = wire.Parser()
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        break
-    for m in parser.feed(data):
-        text = f"got {m.tag} {m.device}.{m.name}"
-        out.write(wire.message(text, device="Snooper").raw)
-        out.flush()
+for m in stdin_messages():
+    text = f"got {m.tag} {m.device}.{m.name}"
+    out.write(wire.message(text, device="Snooper").raw)
+    out.flush()
 """
 
 

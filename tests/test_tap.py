@@ -24,7 +24,7 @@ from indiserv.daylog import DayLog
 from indiserv.service import IndiServer
 from indiserv.tap import Options, makeService
 
-from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script, free_port
+from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script, free_port, process_running
 
 
 def parse(*argv: str) -> Options:
@@ -282,17 +282,8 @@ class TwistdSmokeTests(TestCase):
         self.assertIn("shut", said.attrs["message"].lower())
         yield client.lost
         # Not our child, so no event says it has gone: look until it has.
-        while _running(pid) or os.path.exists(pidfile):
+        while process_running(pid) or os.path.exists(pidfile):
             yield deferLater(reactor, 0.05)
-
-
-def _running(pid: int) -> bool:
-    """Whether process C{pid} is still there (and not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _kill_if_running(pid: int) -> None:
