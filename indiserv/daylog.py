@@ -9,10 +9,13 @@ appended to C{DIR/YYYY-MM-DD.islog} as one line::
 
 that is C{TIMESTAMP: DEVICE: MESSAGE}, the line indiserver writes.  As with
 indiserver the timestamp is the message's own (UTC, as INDI prescribes) or,
-when it has none, the time it arrived, and the file is the one of that
-timestamp's date.  Unlike indiserver, a timestamp that is not an INDI date
-is replaced by the arrival time instead of becoming part of a file name,
-and line breaks inside a message become spaces, so one line is one message.
+when it has none, the time it arrived.  Unlike indiserver, the file is the
+one of the day the message arrived, by the server's clock: indiserver takes
+the date from the message's timestamp, which lets whoever sends a message
+choose (and multiply) the files.  Only drivers and remote servers are
+logged, never clients (the router sees to that).  A timestamp that is not an
+INDI date is replaced by the arrival time, and line breaks inside a message
+become spaces, so one line is one message.
 """
 
 from __future__ import annotations
@@ -80,12 +83,12 @@ class DayLog(Service):
         text = message.attrs.get("message")
         if not text or not self.running:
             return
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
         stamp = message.attrs.get("timestamp", "")
         if not _STAMP.match(stamp):
-            now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
             stamp = now.strftime("%Y-%m-%dT%H:%M:%S")
         line = f"{stamp}: {message.device or ''}: {text.translate(_LINE_BREAKS)}\n"
-        self._append(self.path(stamp[:10]), line)
+        self._append(self.path(now.strftime("%Y-%m-%d")), line)
 
     def _append(self, path: str, line: str) -> None:
         # Opened for each line, as indiserver does: the files can be

@@ -109,9 +109,16 @@ class DriverProcessProtocol(ProcessProtocol, Link):
     log = Logger()
     kind = DRIVER
 
-    def __init__(self, router: Router, name: str, limits: Limits | None = None):
+    def __init__(
+        self,
+        router: Router,
+        name: str,
+        limits: Limits | None = None,
+        claim: object | None = None,
+    ):
         Link.__init__(self, limits)
         self.router_to_join = router
+        self.claim = claim
         self.name = name
         self.label = f"driver {name}"
         #: Fires (with None) once the program has exited, its pipes maybe still open.
@@ -291,7 +298,7 @@ class DriverService(Service):
         protocol = self.protocol
         if protocol is None:
             return []
-        return [device for device, owner in self.router.owners.items() if owner is protocol]
+        return self.router.devices_of(protocol)
 
     @property
     def alive(self) -> bool:
@@ -317,7 +324,8 @@ class DriverService(Service):
             self.log.error("cannot start {driver}: {why}", driver=self.driver_name, why=e)
             self.router.send_message(f"Driver {self.driver_name} could not start: {e}")
             return
-        protocol = DriverProcessProtocol(self.router, self.driver_name, self.limits)
+        # Its devices stay reserved for this service while it restarts.
+        protocol = DriverProcessProtocol(self.router, self.driver_name, self.limits, claim=self)
         if self.debug_enable:
             protocol.screen = self._debug
         env = dict(os.environ if self.env is None else self.env)
@@ -339,6 +347,7 @@ class DriverService(Service):
             self.protocol = None
         how = describe_exit(protocol.reason)
         if not self.running:
+            self.router.release(self)
             self.log.info("{driver} stopped: {how}", driver=self.driver_name, how=how)
             self.router.send_message(f"Driver {self.driver_name} stopped: {how}")
             return
@@ -353,6 +362,7 @@ class DriverService(Service):
                 failures=self.failures + 1,
                 restarts=self.restarts,
             )
+            self.router.release(self)
             self.router.send_message(
                 f"Driver {self.driver_name} {how}; giving up after"
                 f" {self.restarts} restarts"
@@ -380,12 +390,14 @@ class DriverService(Service):
         self._restart_call = None
         protocol = self.protocol
         if protocol is None or protocol.transport is None:
+            self.router.release(self)
             return None
         if protocol.router is not None:
             # Clients hear of its devices going now, as with indiserver, and
             # a driver started in its place is not taken for a clash while
             # this one takes its time to exit.
             protocol.router.remove_link(protocol)
+        self.router.release(self)
         protocol.stopping = True
         protocol.drop_input()
         ended: defer.Deferred[None] = defer.Deferred()

@@ -16,8 +16,9 @@ that queue grows too long (see L{Link.send}).
 
 from __future__ import annotations
 
+import sys
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
@@ -31,11 +32,21 @@ from indiserv.wire import Limits, Message, Parser, WireError
 if TYPE_CHECKING:
     from indiserv.router import Router
 
-__all__ = ["Link", "CLIENT", "DRIVER", "REMOTE", "write_now"]
+__all__ = ["Link", "CLIENT", "DRIVER", "REMOTE", "write_now", "queued_cost"]
 
 CLIENT = "client"
 DRIVER = "driver"
 REMOTE = "remote"
+
+#: What one queued message costs beyond its bytes: the bytes object's
+#: header and the queue's slot.  Counting it keeps C{--max-queue} a bound
+#: on memory for a flood of tiny messages too.
+MESSAGE_OVERHEAD = sys.getsizeof(b"") + 8
+
+
+def queued_cost(raw: bytes) -> int:
+    """The bytes of memory C{raw} takes while it waits in a link's queue."""
+    return len(raw) + MESSAGE_OVERHEAD
 
 
 def write_now(writer: Any, data: bytes) -> None:
@@ -77,8 +88,14 @@ class Link:
     @ivar router: the router this link is attached to, once attached.
     @ivar blob_policy: what C{enableBLOB} asked for on this link: a client's
         BLOB delivery, or a driver's BLOB snooping.
-    @ivar queued: bytes waiting in the link's queue for the peer to read.
+    @ivar queued: bytes of memory taken by what waits in the link's queue
+        for the peer to read (see L{queued_cost}).
     @ivar paused: the transport asked for no more data for now.
+    @ivar trusted: a client link that may share devices (another server
+        named by C{--peer} or the access file); other clients never own a
+        device.
+    @ivar claim: who a driver link speaks for across restarts (its
+        service): the router keeps its devices reserved while it restarts.
     """
 
     log = Logger()
@@ -90,7 +107,16 @@ class Link:
     #: return False to drop it (see L{indiserv.remote.RemoteProtocol}).
     screen: Callable[[Message], bool] | None = None
 
+    #: At most this many bytes of one read are framed and routed in one
+    #: reactor turn, and at most L{messages_per_turn} messages: the rest
+    #: waits for the next turn, with reading paused, so one peer's flood
+    #: cannot keep every other peer waiting.
+    bytes_per_turn = 16 * 1024
+    messages_per_turn = 128
+
     router: Router | None = None
+    trusted = False
+    claim: object | None = None
     #: The connection or process the peer is on (set by Twisted).
     transport: Any = None
 
@@ -111,6 +137,11 @@ class Link:
         self._drains = 0
         self._drains_at_half: int | None = None
         self._over_since: float | None = None
+        # Input not routed yet: chunks, and the messages of the one being read.
+        self._unread: deque[memoryview] = deque()
+        self._reading: Iterator[Message | WireError] | None = None
+        self._later: Any = None
+        self._held_by_router = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
@@ -138,16 +169,15 @@ class Link:
             else:
                 self.write(raw)
             return True
+        cost = queued_cost(raw)
         if router is not None:
             if message.stream and self.queued > router.max_stream:
                 router.stream_skipped += 1
                 return False
-            if self.queued + len(raw) > router.max_queue and not self._draining(
-                len(raw), router
-            ):
+            if self.queued + cost > router.max_queue and not self._draining(cost, router):
                 return self.overflow(message)
         self._queue.append(raw)
-        self.queued += len(raw)
+        self.queued += cost
         if (
             self._drains_at_half is None
             and router is not None
@@ -174,6 +204,11 @@ class Link:
         if self._over_since is None:
             self._over_since = now
         return now - self._over_since <= router.burst_window
+
+    @property
+    def drains(self) -> int:
+        """How often the peer has caught up with what was written to it."""
+        return self._drains
 
     @property
     def saturated(self) -> bool:
@@ -233,7 +268,7 @@ class Link:
         was_saturated = self.saturated
         while queue and not self.paused:
             raw = queue.popleft()
-            self.queued -= len(raw)
+            self.queued -= queued_cost(raw)
             self.write(raw)
         if router is not None:
             if self.queued <= router.max_queue:
@@ -250,13 +285,15 @@ class Link:
     # -- inbound -------------------------------------------------------------
 
     def pause_reading(self) -> None:
-        """Stop reading from the peer for now (backpressure on a source)."""
+        """Stop reading from the peer until L{resume_reading} (the router's backpressure)."""
+        self._held_by_router = True
         if self.transport is not None:
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        """Read from the peer again."""
-        if self.transport is not None:
+        """Read from the peer again, unless its earlier input is still being routed."""
+        self._held_by_router = False
+        if self.transport is not None and self._later is None:
             self.transport.resumeProducing()
 
     def close(self) -> Deferred[None]:
@@ -264,25 +301,98 @@ class Link:
         raise NotImplementedError
 
     def bytes_received(self, data: bytes) -> None:
-        """Frame C{data} and route every complete message, as one batch."""
+        """
+        Frame C{data} and route its messages, a turn's worth at a time: each
+        turn's messages are one batch.
+        """
+        if self.router is None:
+            return
+        if self.transport is None:
+            # An in-process driver: its own code, called synchronously, and
+            # nothing to pause.
+            self.router.begin_batch()
+            try:
+                self._route_turn(iter(self.parser.read(data)), None)
+            finally:
+                self.router.end_batch()
+            return
+        self._unread.append(memoryview(data))
+        if self._later is None:
+            self._route_input()
+
+    def _route_input(self) -> None:
+        """Route up to a turn's worth of input; leave the rest for the next turn."""
+        self._later = None
         router = self.router
         if router is None:
+            self._unread.clear()
+            self._reading = None
             return
+        budget = self.messages_per_turn
         router.begin_batch()
         try:
-            self._route_all(data, router)
+            while budget > 0 and self.router is router:
+                if self._reading is None:
+                    if not self._unread:
+                        break
+                    self._reading = iter(self.parser.read(self._next_slice()))
+                routed = self._route_turn(self._reading, budget)
+                if routed < 0:
+                    self._reading = None
+                    self._unread.clear()
+                    return
+                if routed < budget:
+                    self._reading = None
+                budget -= routed
         finally:
             router.end_batch()
+        if self.router is router and (self._reading is not None or self._unread):
+            if self._later is None and self.transport is not None:
+                self.transport.pauseProducing()
+            self._later = router.clock.callLater(0, self._route_more)
 
-    def _route_all(self, data: bytes, router: Router) -> None:
+    def _route_more(self) -> None:
+        self._route_input()
+        if self._later is None and not self._held_by_router and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def _next_slice(self) -> memoryview:
+        chunk = self._unread[0]
+        if len(chunk) <= self.bytes_per_turn:
+            return self._unread.popleft()
+        self._unread[0] = chunk[self.bytes_per_turn :]
+        return chunk[: self.bytes_per_turn]
+
+    def _route_turn(self, items: Iterator[Message | WireError], budget: int | None) -> int:
+        """
+        Route messages from C{items}: all of them, or C{budget} messages
+        (then the caller goes on with C{items} later).
+
+        @return: how many were routed, or -1 once the link is being closed.
+        """
+        router = self.router
+        assert router is not None
         route = router.route
         screen = self.screen
-        for item in self.parser.read(data):
+        routed = 0
+        for item in items:
             if isinstance(item, WireError):
                 if not self.wire_error(item):
-                    return
+                    return -1
             elif screen is None or screen(item):
                 route(item, self)
+            routed += 1
+            if routed == budget:
+                break
+        return routed
+
+    def stop_reading_input(self) -> None:
+        """Forget input not routed yet (the link is going away)."""
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        self._unread.clear()
+        self._reading = None
 
     def wire_error(self, error: WireError) -> bool:
         """

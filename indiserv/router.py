@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import datetime
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from indiserv import wire
+from indiserv.blobs import BlobPolicyFull
 from indiserv.link import CLIENT, DRIVER, REMOTE, Link
 from indiserv.wire import Message
 
@@ -74,6 +75,17 @@ class Router(Service):
     #: Seconds a peer that is draining may stay over max_queue (up to
     #: twice it) before it counts as too slow.
     burst_window = 5.0
+    #: Seconds a driver may be paused for its receivers.  A receiver that
+    #: has not caught up once in that time no longer holds drivers back:
+    #: what it is sent queues up to max_queue, where it is cut off.
+    stall_limit = 5.0
+    #: Devices one link may own, and devices (or properties) one driver
+    #: may snoop: what a link can make the router remember is bounded.
+    max_devices = 1024
+    max_snoops = 1024
+    #: delProperty messages sent per reactor turn when a link with many
+    #: devices goes; the rest follow on the next turns.
+    retire_per_turn = 64
     #: Called with each message of device traffic from a driver or another
     #: server, before it is routed (the per-day log of C{--log-dir}).
     message_log: Callable[[Message, Link], None] | None = None
@@ -96,7 +108,12 @@ class Router(Service):
         #: collect what they are sent and write it when the batch ends.
         self.batching = 0
         self.dirty: list[Link] = []
-        self._paused_sources: set[Link] = set()
+        # A paused source -> the timer that ends its pause, and how often
+        # each of the receivers that were behind had caught up by then.
+        self._paused_sources: dict[Link, tuple[Any, dict[Link, int]]] = {}
+        # Receivers that let a paused driver wait for stall_limit without
+        # catching up: they no longer count when deciding to pause one.
+        self._stalled: set[Link] = set()
         # Snapshot of the clients for delivery loops, so a client cut off
         # in the middle of a delivery does not disturb the iteration.
         self._receivers: tuple[Link, ...] = ()
@@ -104,6 +121,17 @@ class Router(Service):
         self.drivers: dict[Link, None] = {}
         self.remotes: dict[Link, None] = {}
         self.owners: dict[str, Link] = {}
+        # link -> the devices it owns, in the order it announced them.
+        self._owned: dict[Link, dict[str, None]] = {}
+        # Devices of a driver that is restarting, kept for it (its claim)
+        # until it is back or gives up.
+        self._reserved: dict[str, object] = {}
+        self._reservations: dict[object, set[str]] = {}
+        # Devices gone whose delProperty is still to be sent, with who owned them.
+        self._retiring: dict[str, Link] = {}
+        self._retire_call: Any = None
+        # link -> what it was told (or warned of) once, not at every message.
+        self._told: dict[Link, set[str]] = {}
         #: Clients that announced devices: other servers connected to us.
         self.peers: dict[Link, None] = {}
         self._hop_ids = itertools.count(1)
@@ -112,7 +140,11 @@ class Router(Service):
         # device (None: every device) -> snooping link -> property names
         # (None among them: the whole device)
         self._snoops: dict[str | None, dict[Link, set[str | None]]] = {}
-        self._clashes: set[tuple[str, Link]] = set()
+        # snooping link -> the devices (None: every device) it snoops.
+        self._snooped: dict[Link, set[str | None]] = {}
+        # link -> its devices refused (as clashes, or past max_devices),
+        # so that each is logged once.
+        self._refused: dict[Link, set[str]] = {}
         self._quiet = True
         self._keepalive_call: LoopingCall | None = None
         self.dropped = 0
@@ -120,7 +152,7 @@ class Router(Service):
             (CLIENT, "getProperties"): self._get_properties,
             (CLIENT, _COMMAND): self._client_command,
             (CLIENT, "enableBLOB"): self._client_enable_blob,
-            (CLIENT, _DEVICE_TRAFFIC): self._peer_traffic,
+            (CLIENT, _DEVICE_TRAFFIC): self._client_traffic,
             (REMOTE, "getProperties"): self._get_properties,
             (REMOTE, _COMMAND): self._driver_command,
             (REMOTE, "enableBLOB"): self._client_enable_blob,
@@ -151,6 +183,10 @@ class Router(Service):
         if self._keepalive_call is not None and self._keepalive_call.running:
             self._keepalive_call.stop()
         self._keepalive_call = None
+        while self._retiring:
+            self._retire_some()
+        for source in list(self._paused_sources):
+            self._end_pause(source)
 
     def _keepalive_tick(self) -> None:
         if self._quiet:
@@ -177,26 +213,70 @@ class Router(Service):
         """
         Stop routing to and from C{link}; forget its devices and snoops.
 
-        Clients are told, by C{delProperty}, of every device it owned, and
-        then given C{reason} as a C{message} when there is one.
+        Clients are told, by C{delProperty}, of every device it owned (a few
+        at a time when there are many), and then given C{reason} as a
+        C{message} when there is one.  A driver's devices stay reserved for
+        its L{Link.claim} until it is back or L{release}d.
         """
         self._registry(link).pop(link, None)
+        link.stop_reading_input()
         self.peers.pop(link, None)
         self._receivers = tuple(self.clients)
-        self._paused_sources.discard(link)
+        self._told.pop(link, None)
+        self._stalled.discard(link)
+        if link in self._paused_sources:
+            self._end_pause(link, resume=False)
         if link.saturated:
             self.link_drained(link)
-        for snoopers in self._snoops.values():
-            snoopers.pop(link, None)
-        self._clashes = {clash for clash in self._clashes if clash[1] is not link}
-        devices = [device for device, owner in self.owners.items() if owner is link]
+        for device in self._snooped.pop(link, ()):
+            snoopers = self._snoops.get(device)
+            if snoopers is not None:
+                snoopers.pop(link, None)
+                if not snoopers:
+                    del self._snoops[device]
+        self._refused.pop(link, None)
+        devices = self._owned.pop(link, {})
+        claim = link.claim
         for device in devices:
-            self._deliver(wire.del_property(device), link)
             del self.owners[device]
+            self._retiring[device] = link
+            if claim is not None:
+                self._reserved[device] = claim
+                self._reservations.setdefault(claim, set()).add(device)
+        self._retire_some()
         if reason:
             self.send_message(reason)
         link.router = None
         self.event("{link} detached", link=link.label)
+
+    def devices_of(self, link: Link) -> list[str]:
+        """The devices C{link} owns, in the order it announced them."""
+        return list(self._owned.get(link, ()))
+
+    def release(self, claim: object) -> None:
+        """A driver that was restarting is not coming back: free its devices."""
+        for device in self._reservations.pop(claim, ()):
+            if self._reserved.get(device) is claim:
+                del self._reserved[device]
+
+    def _retire_some(self) -> None:
+        """Send the next delProperty messages of devices that went."""
+        retiring = self._retiring
+        for _ in range(min(self.retire_per_turn, len(retiring))):
+            self._retire(next(iter(retiring)))
+        if retiring and self._retire_call is None:
+            self._retire_call = self.clock.callLater(0, self._retire_later)
+        elif not retiring and self._retire_call is not None:
+            self._retire_call.cancel()
+            self._retire_call = None
+
+    def _retire_later(self) -> None:
+        self._retire_call = None
+        self._retire_some()
+
+    def _retire(self, device: str) -> None:
+        source = self._retiring.pop(device)
+        self._deliver(wire.del_property(device), source)
 
     @property
     def saturation(self) -> int:
@@ -223,9 +303,45 @@ class Router(Service):
         C{link} is no longer saturated: let paused drivers talk again (any
         whose receivers are all still saturated pauses at its next message).
         """
-        paused, self._paused_sources = self._paused_sources, set()
-        for source in paused:
+        self._stalled.discard(link)
+        for source in list(self._paused_sources):
+            self._end_pause(source)
+
+    def _pause(self, source: Link, behind: list[Link]) -> None:
+        """Stop reading C{source} for a while: every receiver of its output is C{behind}."""
+        self.log.info(
+            "pausing {source}: every receiver of its output is behind",
+            source=source.label,
+        )
+        timer = self.clock.callLater(self.stall_limit, self._pause_expired, source)
+        self._paused_sources[source] = (timer, {link: link.drains for link in behind})
+        source.pause_reading()
+
+    def _end_pause(self, source: Link, resume: bool = True) -> None:
+        timer, _ = self._paused_sources.pop(source)
+        if timer.active():
+            timer.cancel()
+        if resume:
             source.resume_reading()
+
+    def _pause_expired(self, source: Link) -> None:
+        """
+        C{source} waited C{stall_limit} seconds: receivers that did not catch
+        up once meanwhile are stuck, and hold nobody back from now on.
+        """
+        _, behind = self._paused_sources[source]
+        for link, drains in behind.items():
+            if link.router is self and link.drains == drains and link.saturated:
+                self._stalled.add(link)
+                self.log.warn(
+                    "{link} has read nothing for {seconds} s while {queued} bytes"
+                    " behind; it no longer holds drivers back, and is cut off"
+                    " past --max-queue",
+                    link=link.label,
+                    seconds=self.stall_limit,
+                    queued=link.queued,
+                )
+        self._end_pause(source)
 
     def event(self, format: str, **fields: object) -> None:
         """Log a key event (connections, drivers, devices) at verbosity 1 and up."""
@@ -354,6 +470,12 @@ class Router(Service):
     def _client_enable_blob(self, message: Message, source: Link) -> None:
         try:
             source.blob_policy.set(message.text, message.device, message.name)
+        except BlobPolicyFull as e:
+            self.dropped += 1
+            if self._first_time(source, "BLOB table full"):
+                self.log.warn(
+                    "ignoring enableBLOB from {source}: {why}", source=source.label, why=e
+                )
         except ValueError:
             self.log.debug(
                 "ignored enableBLOB {text!r} from {source}",
@@ -370,8 +492,23 @@ class Router(Service):
 
     def _driver_get_properties(self, message: Message, source: Link) -> None:
         device = message.device if message.device != "*" else None
-        snooped = self._snoops.setdefault(device, {}).setdefault(source, set())
-        snooped.add(message.name)
+        snooped = self._snooped.setdefault(source, set())
+        if device not in snooped and len(snooped) >= self.max_snoops:
+            self.dropped += 1
+            self.log.warn(
+                "{link} snoops more than {limit} devices; ignored its"
+                " getProperties for {device}",
+                link=source.label,
+                limit=self.max_snoops,
+                device=device,
+            )
+            return
+        names = self._snoops.setdefault(device, {}).setdefault(source, set())
+        if message.name not in names and len(names) >= self.max_snoops:
+            self.dropped += 1
+            return
+        snooped.add(device)
+        names.add(message.name)
         self.event(
             "{link} snoops {device}.{name}",
             link=source.label,
@@ -402,57 +539,170 @@ class Router(Service):
             return
         self._client_enable_blob(message, source)
 
-    def _peer_traffic(self, message: Message, source: Link) -> None:
-        """Device traffic from a client: another server, sharing its devices."""
-        if source not in self.peers:
-            self.peers[source] = None
-            self.event("{link} is a server sharing its devices", link=source.label)
-        self._device_traffic(message, source)
+    def _client_traffic(self, message: Message, source: Link) -> None:
+        """
+        Device traffic from a client.  A trusted one is another server sharing
+        its devices.  Any other never owns a device and never reaches other
+        clients, as with indiserver; what it says of a device that no
+        driver, remote or peer serves (or keeps for a restart) may still
+        reach drivers that snoop that device (a chained indiserver passes
+        snooped devices down this way).
+        """
+        if source.trusted:
+            if source not in self.peers:
+                self.peers[source] = None
+                self.event("{link} is a server sharing its devices", link=source.label)
+            return self._device_traffic(message, source)
+        device = message.device
+        if device is None:
+            why = "a message without a device goes to no one"
+        elif device in self.owners or device in self._reserved:
+            why = f"device {device} is served by this server"
+        else:
+            snoopers = [link for link in self._snoopers(message) if link.kind == DRIVER]
+            for snooper in snoopers:
+                if snooper.blob_policy.allows(message):
+                    snooper.send(message)
+            if snoopers:
+                return
+            why = f"no driver here snoops device {device}"
+        self._refuse(message, source, why)
+
+    def _refuse(self, message: Message, source: Link, why: str) -> None:
+        """Drop device traffic from a client; tell it why, the first time."""
+        self.dropped += 1
+        self.log.debug(
+            "dropped {summary} from {source}: {why}",
+            summary=message.summary(),
+            source=source.label,
+            why=why,
+        )
+        if not self._first_time(source, "device traffic"):
+            return
+        self.log.info(
+            "{source} sends device traffic ({summary}); clients do not own"
+            " devices here, so it is dropped ({why})",
+            source=source.label,
+            summary=message.summary(),
+            why=why,
+        )
+        source.send(
+            wire.message(
+                f"This server takes device definitions and updates only from its"
+                f" drivers and from servers named with --peer: your {message.tag}"
+                f" was dropped ({why}), and so will be the rest"
+            )
+        )
 
     def _device_traffic(self, message: Message, source: Link) -> None:
-        if self.message_log is not None:
-            self.message_log(message, source)
         device = message.device
-        if device is None and self._from_server(source):
-            # Another server's own notices are for our clients only: passed
-            # on between servers they could go round a loop for ever.
-            for client in self._receivers:
-                if client not in self.peers:
-                    client.send(message)
-            return
-        if device is not None:
-            owner = self.owners.get(device)
-            if owner is None:
-                if message.tag == "delProperty":
-                    return self._deliver(message, source)
-                self.owners[device] = source
-                self.event("{link} owns device {device}", link=source.label, device=device)
-            elif owner is not source:
-                return self._clash(device, owner, source)
+        if device is None:
+            if self.message_log is not None and source.kind != CLIENT:
+                self.message_log(message, source)
+            if self._from_server(source):
+                # Another server's own notices are for our clients only: passed
+                # on between servers they could go round a loop for ever.
+                for client in self._receivers:
+                    if client not in self.peers:
+                        client.send(message)
+                return
+            return self._deliver(message, source)
+        owner = self.owners.get(device)
+        if owner is None:
+            if not self._claim(device, message, source):
+                return
+        elif owner is not source:
+            return self._clash(device, owner, source)
+        if self.message_log is not None and source.kind != CLIENT:
+            self.message_log(message, source)
         self._deliver(message, source)
+
+    def _claim(self, device: str, message: Message, source: Link) -> bool:
+        """
+        Whether C{source} may speak for C{device}, which nobody owns: a
+        C{delProperty} needs no owner; anything else makes C{source} its
+        owner, unless the device is kept for a restarting driver or
+        C{source} owns as many devices as it may.
+        """
+        reserved = self._reserved.get(device)
+        if reserved is not None and reserved is not source.claim:
+            self._clash(device, None, source)
+            return False
+        if device in self._retiring:
+            # Clients hear of the old device going before of the new one.
+            self._retire(device)
+        if message.tag == "delProperty":
+            return True
+        owned = self._owned.setdefault(source, {})
+        if len(owned) >= self.max_devices:
+            self.dropped += 1
+            if self._first_refusal(source, device):
+                self.log.error(
+                    "{link} announces more than {limit} devices; {device} is ignored",
+                    link=source.label,
+                    limit=self.max_devices,
+                    device=device,
+                )
+            return False
+        if reserved is not None:
+            del self._reserved[device]
+            self._reservations[reserved].discard(device)
+        owned[device] = None
+        self.owners[device] = source
+        self.event("{link} owns device {device}", link=source.label, device=device)
+        return True
+
+    def _first_time(self, link: Link, what: str) -> bool:
+        """Whether C{link} is told of C{what} for the first time."""
+        told = self._told.setdefault(link, set())
+        if what in told:
+            return False
+        told.add(what)
+        return True
+
+    def _first_refusal(self, source: Link, device: str) -> bool:
+        """Whether this is the first time C{device} from C{source} is refused."""
+        refused = self._refused.setdefault(source, set())
+        if device in refused or len(refused) >= self.max_devices:
+            return False
+        refused.add(device)
+        return True
 
     def _deliver(self, message: Message, source: Link) -> None:
         """
         Send device traffic to clients and snoopers, each as they asked; if
         every receiver is saturated, pause the source.
+
+        Every receiver of the source's traffic counts, whether or not its
+        BLOB policy takes this message: a client that stopped reading its
+        camera's frames must not hold back the camera's other clients.
         """
         high_water = self.saturation
-        receivers = saturated = 0
+        candidates = saturated = 0
+        stalled = self._stalled
         # Clients; then up the tree, the servers we link to; then snoopers.
         snoopers = self._snoopers(message) if self._snoops else ()
         for link in itertools.chain(self._receivers, self.remotes, snoopers):
-            if link is not source and link.blob_policy.allows(message):
+            if link is source:
+                continue
+            if link.blob_policy.allows(message):
                 link.send(message)
-                receivers += 1
-                saturated += link.queued > high_water
-        if saturated and saturated == receivers and source.router is self:
-            if source not in self._paused_sources:
-                self.log.info(
-                    "pausing {source}: every receiver of its output is behind",
-                    source=source.label,
-                )
-                self._paused_sources.add(source)
-                source.pause_reading()
+            if stalled and link in stalled:
+                continue
+            candidates += 1
+            saturated += link.queued > high_water
+        if (
+            saturated
+            and saturated == candidates
+            and source.router is self
+            and source not in self._paused_sources
+        ):
+            behind = [
+                link
+                for link in itertools.chain(self._receivers, self.remotes, snoopers)
+                if link is not source and link.queued > high_water
+            ]
+            self._pause(source, behind)
 
     def _snoopers(self, message: Message) -> list[Link]:
         found = []
@@ -464,23 +714,29 @@ class Router(Service):
                         found.append(snooper)
         return found
 
-    def _clash(self, device: str, owner: Link, source: Link) -> None:
-        """The same device from two links: a loop or a name clash."""
+    def _clash(self, device: str, owner: Link | None, source: Link) -> None:
+        """
+        The same device from two links (a loop or a name clash), or one kept
+        for a restarting driver: logged once, and clients told without
+        naming either link (a peer's label is its address).
+        """
         self.dropped += 1
-        if (device, source) in self._clashes:
+        if not self._first_refusal(source, device):
             return
-        self._clashes.add((device, source))
         self.log.error(
             "device {device} from {source} is already served by {owner};"
             " its messages are dropped",
             device=device,
             source=source.label,
-            owner=owner.label,
+            owner=owner.label if owner is not None else "a driver that is restarting",
         )
-        self.send_message(
-            f"Device {device} is already served by {owner.label};"
-            f" the copy from {source.label} is ignored"
+        built = wire.message(
+            f"Device {device} is announced twice; the second copy is ignored",
+            device=device,
         )
+        for client in self._receivers:
+            if client not in self.peers:
+                client.send(built)
 
     # -- messages from the server ---------------------------------------
 

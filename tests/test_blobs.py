@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from indiserv.blobs import ALSO, NEVER, ONLY, BlobPolicy
+from indiserv.blobs import ALSO, NEVER, ONLY, BlobPolicy, BlobPolicyFull
 from indiserv.wire import Message, Parser
 
 
@@ -104,3 +104,44 @@ class BlobPolicyTests(SynchronousTestCase):
         policy = BlobPolicy()
         self.assertRaises(ValueError, policy.set, "also", "CCD")
         self.assertFalse(policy.allows(BLOB))
+
+
+class BoundedTableTests(SynchronousTestCase):
+    """A link's BLOB table is bounded, and a device's entries are found without looking at others'."""
+
+    def test_entries_limited(self) -> None:
+        """Past max_entries devices and properties, a new entry is refused; existing ones still change."""
+        policy = BlobPolicy()
+        for n in range(policy.max_entries):
+            policy.set(ALSO, f"d{n}", "p")
+        self.assertRaises(BlobPolicyFull, policy.set, ALSO, "d0", "q")
+        self.assertRaises(BlobPolicyFull, policy.set, ALSO, "other")
+        policy.set(NEVER, "d0", "p")
+        self.assertEqual(policy.policy("d0", "p"), NEVER)
+
+    def test_device_entry_frees_its_properties(self) -> None:
+        """A device-wide enableBLOB drops that device's property entries, making room for others."""
+        policy = BlobPolicy()
+        for n in range(policy.max_entries):
+            policy.set(ALSO, "CCD", f"p{n}")
+        policy.set(NEVER, "CCD")
+        policy.set(ALSO, "Cam", "p")
+        self.assertEqual(policy.policy("CCD", "p1"), NEVER)
+        self.assertEqual(policy.policy("Cam", "p"), ALSO)
+
+    def test_device_entry_leaves_other_devices(self) -> None:
+        """A device-wide enableBLOB changes nothing of other devices' property entries."""
+        policy = BlobPolicy()
+        policy.set(ONLY, "Cam", "IMG")
+        policy.set(NEVER, "CCD")
+        self.assertEqual(policy.policy("Cam", "IMG"), ONLY)
+
+    def test_default_empties_the_table(self) -> None:
+        """A device-less enableBLOB replaces every entry, and the table can fill again."""
+        policy = BlobPolicy()
+        for n in range(policy.max_entries):
+            policy.set(ALSO, f"d{n}")
+        policy.set(NEVER)
+        policy.set(ALSO, "CCD", "CCD1")
+        self.assertTrue(policy.allows(BLOB))
+        self.assertEqual(policy.policy("d1"), NEVER)

@@ -48,9 +48,18 @@ class DayLogTests(SynchronousTestCase):
         self.assertTrue(os.path.isdir(self.directory))
 
     def test_message_with_timestamp(self) -> None:
-        """A driver message goes to the file of its timestamp's date as TIMESTAMP: DEVICE: MESSAGE."""
+        """A driver message goes to the file of the server's day as TIMESTAMP: DEVICE: MESSAGE, with its own timestamp."""
         self.driver.say(b"<message device='Scope' timestamp='2026-03-04T05:06:07' message='Parked &amp; safe'/>")
-        self.assertEqual(read(self.path("2026-03-04")), "2026-03-04T05:06:07: Scope: Parked & safe\n")
+        self.assertEqual(read(self.path("2026-11-28")), "2026-03-04T05:06:07: Scope: Parked & safe\n")
+
+    def test_timestamps_do_not_choose_files(self) -> None:
+        """Messages stamped with many dates all go to the one file of the day they arrived."""
+        for day in range(1, 29):
+            self.driver.say(
+                b"<message device='Scope' timestamp='2025-02-%02dT00:00:00' message='x'/>" % day
+            )
+        self.assertEqual(os.listdir(self.directory), ["2026-11-28.islog"])
+        self.assertEqual(len(read(self.path("2026-11-28")).splitlines()), 28)
 
     def test_any_element_with_a_message(self) -> None:
         """Definitions and updates carrying a message attribute are logged too; those without are not."""
@@ -61,7 +70,7 @@ class DayLogTests(SynchronousTestCase):
             b"<oneNumber name='RA'>2</oneNumber></setNumberVector>"
             b"<message device='Scope' timestamp='2026-03-04T05:06:09' message=''/>"
         )
-        self.assertEqual(read(self.path("2026-03-04")), "2026-03-04T05:06:07: Scope: Ready\n")
+        self.assertEqual(read(self.path("2026-11-28")), "2026-03-04T05:06:07: Scope: Ready\n")
 
     def test_no_timestamp_uses_clock_and_rolls_over(self) -> None:
         """Without a timestamp the arrival time (UTC) is used; after midnight lines go to the next day's file."""
@@ -84,10 +93,16 @@ class DayLogTests(SynchronousTestCase):
         self.assertEqual(read(self.path("2026-11-28")), "2026-11-28T23:59:58: Scope: two lines\n")
 
     def test_clients_not_logged(self) -> None:
-        """What clients send is not driver talk."""
-        client = RecordingLink(CLIENT, "client")
-        self.router.add_link(client)
-        client.say(b"<newTextVector device='Scope' name='T' message='hi'><oneText name='A'>x</oneText></newTextVector>")
+        """What clients send, commands or device traffic of their own, trusted or not, is not driver talk."""
+        for trusted in (False, True):
+            client = RecordingLink(CLIENT, "client")
+            client.trusted = trusted
+            self.router.add_link(client)
+            client.say(
+                b"<newTextVector device='Scope' name='T' message='hi'><oneText name='A'>x</oneText></newTextVector>"
+                b"<message device='Scope' message='fake'/><message message='fake'/>"
+                b"<defTextVector device='Mine' name='T' message='fake'><defText name='A'/></defTextVector>"
+            )
         self.assertEqual(os.listdir(self.directory), [])
 
     def test_write_failure_logged_once(self) -> None:
@@ -136,7 +151,8 @@ class ServerDayLogTests(TestCase):
         client = yield client_of(self, server)
         server.add_exdriver(sys.executable, "-c", MESSAGING_DRIVER, env=child_env())
         yield client.wait_for(lambda m: m.tag == "message" and m.device == "Talker")
+        (name,) = os.listdir(directory)
         self.assertEqual(
-            read(os.path.join(directory, "2026-05-06.islog")),
+            read(os.path.join(directory, name)),
             "2026-05-06T07:08:09: Talker: hello from a driver\n",
         )

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
-from indiserv.link import DRIVER, Link, write_now
+from indiserv.link import DRIVER, Link, queued_cost, write_now
 from indiserv.router import Router
 from indiserv.service import IndiServer
 from indiserv.wire import Parser
@@ -100,7 +100,7 @@ class OutboundQueueTests(QueueTestCase):
         client.pauseProducing()
         self.camera.say(blob(1000, "A") + blob(2000, "B"))
         self.assertEqual(transport.value(), b"")
-        self.assertEqual(client.queued, len(blob(1000, "A")) + len(blob(2000, "B")))
+        self.assertEqual(client.queued, queued_cost(blob(1000, "A")) + queued_cost(blob(2000, "B")))
         client.resumeProducing()
         self.assertEqual([m.name for m in Parser().feed(transport.value())], ["A", "B"])
         self.assertEqual(client.queued, 0)
@@ -225,7 +225,7 @@ class BackpressureTests(QueueTestCase):
             client.dataReceived(command)
         self.assertLessEqual(driver.queued, self.router.max_queue)
         # 9 commands fit in 100 KiB; each of the other 3 is refused and said so.
-        self.assertEqual(driver.queued, 9 * len(command))
+        self.assertEqual(driver.queued, 9 * queued_cost(command))
         said = [m for m in Parser().feed(transport.value()) if m.tag == "message"]
         self.assertEqual(len(said), 3)
         self.assertIn("not reading", said[0].attrs["message"])

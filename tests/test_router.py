@@ -121,7 +121,8 @@ class ClientRowsTests(RouterTestCase):
         self.assertEqual(self.telescope.tags() + self.ccd.tags() + self.bob.tags(), [])
 
     def test_client_announcing_devices_is_a_peer(self) -> None:
-        """A client that announces a device is another server: it owns the device and is asked for definitions."""
+        """A trusted client that announces a device is another server: it owns the device and is asked for definitions."""
+        self.alice.trusted = True
         self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
         self.assertIs(self.router.owners["Far Cam"], self.alice)
         self.assertIn(self.alice, self.router.peers)
@@ -134,6 +135,7 @@ class ClientRowsTests(RouterTestCase):
 
     def test_peer_gets_commands_once(self) -> None:
         """A command for a peer's device reaches the peer once, not also as an echo."""
+        self.alice.trusted = True
         self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
         self.bob.take()
         command = b"<newSwitchVector device='Far Cam' name='C'><oneSwitch name='A'>Off</oneSwitch></newSwitchVector>"
@@ -142,8 +144,10 @@ class ClientRowsTests(RouterTestCase):
 
     def test_peer_notices_stay_local(self) -> None:
         """A device-less message from another server reaches plain clients only."""
+        self.alice.trusted = True
         self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
         carol = self.attach(CLIENT, "client carol")
+        carol.trusted = True
         carol.say(b"<defTextVector device='Other' name='T'><defText name='A'/></defTextVector>")
         for link in (self.alice, self.bob, carol):
             link.take()
@@ -153,6 +157,7 @@ class ClientRowsTests(RouterTestCase):
 
     def test_looping_get_properties_dropped(self) -> None:
         """A getProperties that comes back with a hop mark this server issued goes no further."""
+        self.alice.trusted = True
         self.alice.say(b"<defSwitchVector device='Far Cam' name='C'><defSwitch name='A'>On</defSwitch></defSwitchVector>")
         self.bob.say(b"<getProperties version='1.7'/>")
         (asked,) = self.alice.take()
@@ -220,6 +225,16 @@ class DriverRowsTests(RouterTestCase):
         self.assertIs(self.router.owners["Telescope"], self.telescope)
         errors = [e for e in logged if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 1)
+
+    def test_clash_notice_names_no_link(self) -> None:
+        """The clash notice clients get names the device, not the links (a peer's label is its address)."""
+        peer = self.attach(CLIENT, "client 192.0.2.7:40000")
+        peer.trusted = True
+        peer.say(TELESCOPE_SET)
+        (notice,) = self.bob.take()
+        self.assertEqual(notice.device, "Telescope")
+        self.assertNotIn("192.0.2.7", notice.attrs["message"])
+        self.assertNotIn("driver telescope", notice.attrs["message"])
 
     def test_driver_ping_answered(self) -> None:
         """A driver's pingRequest (sent after each BLOB) is answered at once."""
@@ -381,3 +396,154 @@ class VerbosityTests(SynchronousTestCase):
         lines = self.lines(3, frame)
         self.assertIn(f"driver indi_telescope: setBLOBVector Telescope.IMG ({len(frame)} bytes)", lines)
         self.assertFalse([line for line in lines if "QUJD" in line])
+
+
+FAKE_DEF = (
+    b"<defNumberVector device='Fake Mount' name='EQ' perm='rw' state='Idle'>"
+    b"<defNumber name='RA'>1</defNumber></defNumberVector>"
+)
+
+
+class UntrustedClientTests(RouterTestCase):
+    """A plain client never owns a device, and what it says of devices reaches no other client."""
+
+    def test_definition_owns_nothing(self) -> None:
+        """A client's def* makes it no owner, reaches no client, and a command for that device goes nowhere."""
+        self.alice.say(FAKE_DEF)
+        self.assertNotIn("Fake Mount", self.router.owners)
+        self.assertNotIn(self.alice, self.router.peers)
+        self.assertEqual(self.bob.tags(), [])
+        self.bob.say(NEW_EQ.replace(b"'Telescope'", b"'Fake Mount'"))
+        self.assertEqual(self.alice.tags(), ["message"])  # only the notice below
+
+    def test_told_once(self) -> None:
+        """The client is told once why its device traffic is dropped, and each drop is counted."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for _ in range(3):
+            self.alice.say(FAKE_DEF)
+        (notice,) = self.alice.take()
+        self.assertEqual(notice.tag, "message")
+        self.assertIn("--peer", notice.attrs["message"])
+        self.assertEqual(self.router.dropped, 3)
+        self.assertEqual(len([e for e in logged if e["log_level"] == LogLevel.info]), 1)
+
+    def test_message_without_device_reaches_nobody(self) -> None:
+        """A client's device-less message is no server notice: no client or driver gets it."""
+        self.alice.say(b"<message message='The server restarts now'/>")
+        self.assertEqual(self.bob.tags() + self.telescope.tags() + self.ccd.tags(), [])
+
+    def test_update_of_served_device_dropped(self) -> None:
+        """A client's set* for a device a driver serves reaches neither clients nor snoopers."""
+        self.ccd.say(b"<getProperties version='1.7' device='Telescope'/>")
+        for link in (self.telescope, self.ccd):
+            link.take()
+        self.alice.say(TELESCOPE_SET)
+        self.assertEqual(self.bob.tags() + self.ccd.tags() + self.telescope.tags(), [])
+
+    def test_update_of_unserved_device_reaches_snoopers(self) -> None:
+        """A client's set* for a device nobody serves reaches drivers snooping it, and no client."""
+        self.ccd.say(b"<getProperties version='1.7' device='Far Scope'/>")
+        self.ccd.take()
+        update = TELESCOPE_SET.replace(b"'Telescope'", b"'Far Scope'")
+        self.alice.say(update)
+        self.assertEqual([m.raw for m in self.ccd.received], [update])
+        self.assertEqual(self.bob.tags() + self.alice.tags(), [])
+        self.assertNotIn("Far Scope", self.router.owners)
+
+    def test_restarting_driver_keeps_its_devices(self) -> None:
+        """While a driver restarts its devices stay reserved: clients cannot feed snoopers, other links cannot take them."""
+        claim = object()
+        first = RecordingLink(DRIVER, "driver mount")
+        first.claim = claim
+        self.router.add_link(first)
+        first.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        self.ccd.say(b"<getProperties version='1.7' device='Mount'/>")
+        self.router.remove_link(first)
+        self.ccd.take()
+        self.alice.say(TELESCOPE_SET.replace(b"'Telescope'", b"'Mount'"))
+        self.assertEqual(self.ccd.tags(), [])
+        intruder = self.attach(DRIVER, "driver intruder")
+        intruder.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        self.assertNotIn("Mount", self.router.owners)
+        again = RecordingLink(DRIVER, "driver mount")
+        again.claim = claim
+        self.router.add_link(again)
+        again.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        self.assertIs(self.router.owners["Mount"], again)
+
+    def test_released_devices_free(self) -> None:
+        """Once a restarting driver gives up, its devices may be served by another."""
+        claim = object()
+        first = RecordingLink(DRIVER, "driver mount")
+        first.claim = claim
+        self.router.add_link(first)
+        first.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        self.router.remove_link(first)
+        self.router.release(claim)
+        other = self.attach(DRIVER, "driver other")
+        other.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        self.assertIs(self.router.owners["Mount"], other)
+
+
+def many_devices(count: int, start: int = 0) -> bytes:
+    return b"".join(b"<message device='d%d' message='x'/>" % n for n in range(start, start + count))
+
+
+class BoundedTablesTests(RouterTestCase):
+    """What one link can make the router remember, and the work of its leaving, are bounded."""
+
+    def test_devices_per_link_limited(self) -> None:
+        """A link owns at most max_devices devices; the rest are dropped and logged once each."""
+        self.router.max_devices = 10
+        server = self.attach(DRIVER, "driver many")
+        for n in range(20):
+            server.say(many_devices(1, n))
+            server.say(many_devices(1, n))
+        self.assertEqual(len(self.router.devices_of(server)), 10)
+        self.assertEqual(len([d for d in self.router.owners if d.startswith("d")]), 10)
+
+    def test_snoops_per_link_limited(self) -> None:
+        """A driver snoops at most max_snoops devices; further getProperties are ignored."""
+        self.router.max_snoops = 5
+        for n in range(10):
+            self.ccd.say(b"<getProperties version='1.7' device='s%d'/>" % n)
+        self.assertEqual(self.router.dropped, 5)
+
+    def test_leaving_spread_over_turns(self) -> None:
+        """A link leaving with many devices has its delProperty messages sent a slice per reactor turn."""
+        server = self.attach(DRIVER, "driver many")
+        server.say(many_devices(200))
+        self.alice.take()
+        self.router.remove_link(server)
+        self.assertEqual(len(self.alice.take()), self.router.retire_per_turn)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        # (Clock runs a call scheduled for now by a call it runs at once;
+        # the reactor leaves it to its next turn.)
+        self.clock.advance(0)
+        self.assertEqual(len(self.alice.take()), 200 - self.router.retire_per_turn)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_device_back_before_its_delproperty(self) -> None:
+        """A device announced again while its delProperty waits gets the delProperty first."""
+        server = self.attach(DRIVER, "driver many")
+        server.say(many_devices(200))
+        self.router.remove_link(server)
+        self.alice.take()
+        again = self.attach(DRIVER, "driver again")
+        again.say(many_devices(1, 199))
+        self.assertEqual(
+            [(m.tag, m.device) for m in self.alice.take()], [("delProperty", "d199"), ("message", "d199")]
+        )
+        self.clock.advance(0)
+        self.assertNotIn("d199", [m.device for m in self.alice.take()])
+
+    def test_stop_sends_the_rest(self) -> None:
+        """Stopping the router sends every delProperty still waiting and leaves no timer."""
+        server = self.attach(DRIVER, "driver many")
+        server.say(many_devices(200))
+        self.router.startService()
+        self.router.remove_link(server)
+        self.alice.take()
+        self.router.stopService()
+        self.assertEqual(len(self.alice.take()), 200 - self.router.retire_per_turn)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
