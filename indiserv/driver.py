@@ -108,6 +108,8 @@ class DriverProcessProtocol(ProcessProtocol, Link):
 
     log = Logger()
     kind = DRIVER
+    #: A whole read of a camera's frame is framed in one turn.
+    bytes_per_turn = READ_SIZE
 
     def __init__(
         self,

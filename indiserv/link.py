@@ -329,13 +329,16 @@ class Link:
             self._reading = None
             return
         budget = self.messages_per_turn
+        room = self.bytes_per_turn
         router.begin_batch()
         try:
             while budget > 0 and self.router is router:
                 if self._reading is None:
-                    if not self._unread:
+                    if not self._unread or room <= 0:
                         break
-                    self._reading = iter(self.parser.read(self._next_slice()))
+                    chunk = self._next_slice(room)
+                    room -= len(chunk)
+                    self._reading = iter(self.parser.read(chunk))
                 routed = self._route_turn(self._reading, budget)
                 if routed < 0:
                     self._reading = None
@@ -353,15 +356,21 @@ class Link:
 
     def _route_more(self) -> None:
         self._route_input()
-        if self._later is None and not self._held_by_router and self.transport is not None:
+        if (
+            self._later is None
+            and not self._held_by_router
+            and self.router is not None
+            and self.transport is not None
+        ):
             self.transport.resumeProducing()
 
-    def _next_slice(self) -> memoryview:
+    def _next_slice(self, size: int) -> memoryview:
+        """The next C{size} bytes of input at most."""
         chunk = self._unread[0]
-        if len(chunk) <= self.bytes_per_turn:
+        if len(chunk) <= size:
             return self._unread.popleft()
-        self._unread[0] = chunk[self.bytes_per_turn :]
-        return chunk[: self.bytes_per_turn]
+        self._unread[0] = chunk[size:]
+        return chunk[:size]
 
     def _route_turn(self, items: Iterator[Message | WireError], budget: int | None) -> int:
         """

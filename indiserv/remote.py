@@ -63,6 +63,8 @@ class RemoteProtocol(Protocol, Link):
 
     log = Logger()
     kind = REMOTE
+    #: A whole TCP read (Twisted's 64 KiB) of another server's frames at once.
+    bytes_per_turn = 64 * 1024
 
     def __init__(self, service: RemoteService):
         Link.__init__(self, service.limits)

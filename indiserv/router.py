@@ -216,7 +216,7 @@ class Router(Service):
         Clients are told, by C{delProperty}, of every device it owned (a few
         at a time when there are many), and then given C{reason} as a
         C{message} when there is one.  A driver's devices stay reserved for
-        its L{Link.claim} until it is back or L{release}d.
+        its L{Link.claim} until it is back, or until L{release}.
         """
         self._registry(link).pop(link, None)
         link.stop_reading_input()

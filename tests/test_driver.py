@@ -41,6 +41,9 @@ class FakeProcess:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def writeSequence(self, chunks: list[bytes]) -> None:
+        self.written.extend(chunks)
+
     def registerProducer(self, producer, streaming) -> None:
         self.producer = producer
 

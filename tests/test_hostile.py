@@ -535,6 +535,7 @@ class ClientHostileTests(HostileInputMixin, SynchronousTestCase):
 
     def say(self, data: bytes) -> None:
         self.hostile.dataReceived(data)
+        self.clock.advance(0)  # the reactor turns that route the rest of a large read
 
     def end_hostile(self) -> None:
         self.hostile.connectionLost(Failure(ConnectionDone()))
@@ -619,6 +620,7 @@ class DriverHostileTests(HostileInputMixin, SynchronousTestCase):
 
     def say(self, data: bytes) -> None:
         self.hostile.outReceived(data)
+        self.clock.advance(0)  # the reactor turns that route the rest of a large read
 
     def end_hostile(self) -> None:
         self.hostile.processEnded(Failure(ProcessDone(0)))
@@ -691,6 +693,7 @@ class RemoteHostileTests(DriverHostileTests):
 
     def say(self, data: bytes) -> None:
         self.hostile.dataReceived(data)
+        self.clock.advance(0)  # the reactor turns that route the rest of a large read
 
     def end_hostile(self) -> None:
         if self.hostile.router is not None or (self.hostile._probe and self.hostile._probe.running):

@@ -209,6 +209,63 @@ class BackpressureTests(QueueTestCase):
             camera.outReceived(frame)
         self.assertTrue(process.reading)
 
+    def camera_with_clients(self, *blob_enabled: bool) -> tuple[DriverProcessProtocol, FakeProcess, list]:
+        process = FakeProcess()
+        camera = DriverProcessProtocol(self.router, "camera")
+        camera.makeConnection(process)
+        camera.outReceived(b"<defBLOBVector device='Cam' name='X'><defBLOB name='X'/></defBLOBVector>")
+        clients = []
+        for blobs in blob_enabled:
+            client, transport = self.connect(blobs=False)
+            if blobs:
+                client.dataReceived(b"<enableBLOB device='Cam'>Also</enableBLOB>")
+            clients.append((client, transport))
+        return camera, process, clients
+
+    def test_stuck_blob_client_does_not_pause_for_others(self) -> None:
+        """A client that takes BLOBs and reads nothing never pauses a camera that other clients follow; it is cut off."""
+        camera, process, [(stuck, stuck_transport), _] = self.camera_with_clients(True, False)
+        stuck.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(12):
+            camera.outReceived(frame)
+            self.assertTrue(process.reading)
+        self.assertNotIn(stuck, self.router.clients)
+        self.assertTrue(stuck_transport.disconnected)
+
+    def test_stalled_receiver_stops_holding_back(self) -> None:
+        """A receiver that does not catch up once within stall_limit lets the driver go on, and is then cut off."""
+        camera, process, [(stuck, stuck_transport)] = self.camera_with_clients(True)
+        stuck.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(5):
+            camera.outReceived(frame)
+        self.assertFalse(process.reading)
+        self.clock.advance(self.router.stall_limit)
+        self.assertTrue(process.reading)
+        for _ in range(6):
+            camera.outReceived(frame)
+            self.assertTrue(process.reading)
+        self.assertNotIn(stuck, self.router.clients)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_receiver_catching_up_keeps_holding_back(self) -> None:
+        """A slow receiver that reads now and then still pauses its driver after stall_limit: flow control, not a cut-off."""
+        camera, process, _ = self.camera_with_clients()
+        slow, transport = self.connect(blobs=False, transport_type=ThrottledTransport)
+        slow.dataReceived(b"<enableBLOB device='Cam'>Also</enableBLOB>")
+        slow.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(8):
+            camera.outReceived(frame)
+        self.assertFalse(process.reading)
+        transport.drain()  # the peer reads one frame's worth, and is still behind
+        self.assertTrue(slow.saturated)
+        self.clock.advance(self.router.stall_limit)
+        camera.outReceived(frame)
+        self.assertFalse(process.reading)
+        self.assertIn(slow, self.router.clients)
+
     def test_commands_to_stuck_driver_dropped_with_message(self) -> None:
         """Commands to a driver that stops reading are dropped past max_queue, and the sender told."""
         process = FakeProcess()
@@ -231,6 +288,59 @@ class BackpressureTests(QueueTestCase):
         self.assertIn("not reading", said[0].attrs["message"])
         self.assertEqual(said[0].device, "Mount")
         self.assertIn(client, self.router.clients)
+
+
+PING = b"<pingRequest uid='1'/>"
+
+
+class InputPacingTests(QueueTestCase):
+    """One read's worth of input is routed a turn's worth at a time, with reading paused meanwhile."""
+
+    def pings_answered(self, transport: StringTransport) -> int:
+        return len([m for m in Parser().feed(transport.value()) if m.tag == "pingReply"])
+
+    def test_many_messages_over_several_turns(self) -> None:
+        """Past messages_per_turn, the rest of a read waits for the next turn and the peer is not read meanwhile."""
+        client, transport = self.connect(blobs=False)
+        client.dataReceived(PING * 300)
+        self.assertEqual(self.pings_answered(transport), client.messages_per_turn)
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(0)
+        self.assertEqual(self.pings_answered(transport), 300)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_large_read_in_slices(self) -> None:
+        """A read larger than bytes_per_turn is framed a slice per turn, and its messages come out whole, in order."""
+        client, transport = self.connect(blobs=False)
+        text = b"x" * (40 * KiB)
+        command = b"<newTextVector device='Cam' name='T'><oneText name='A'>" + text + b"</oneText></newTextVector>"
+        self.camera.say(b"<defTextVector device='Cam' name='T'><defText name='A'/></defTextVector>")
+        self.camera.take()
+        client.dataReceived(command + PING)
+        self.assertEqual(self.camera.tags(), [])
+        self.clock.advance(0)
+        self.assertEqual([m.raw for m in self.camera.take()], [command])
+        self.assertEqual(self.pings_answered(transport), 1)
+
+    def test_backpressure_outlasts_the_backlog(self) -> None:
+        """A driver the router paused stays paused when its backlog of input is done, until the router resumes it."""
+        process = FakeProcess()
+        driver = DriverProcessProtocol(self.router, "chatty")
+        driver.makeConnection(process)
+        driver.outReceived(PING * 300)
+        driver.pause_reading()
+        self.clock.advance(0)
+        self.assertFalse(process.reading)
+        driver.resume_reading()
+        self.assertTrue(process.reading)
+
+    def test_backlog_dropped_when_link_goes(self) -> None:
+        """Input not routed yet is forgotten with its link, and no timer is left behind."""
+        client, transport = self.connect(blobs=False)
+        client.dataReceived(PING * 300)
+        self.router.remove_link(client)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.pings_answered(transport), client.messages_per_turn)
 
 
 BLOB_DRIVER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "blob_driver.py")
