@@ -386,6 +386,31 @@ class RealSlowClientTests(TestCase):
         self.assertLess(len([m for m in slow.received if m.blob]), 100)
 
     @defer.inlineCallbacks
+    def test_stuck_blob_client_does_not_stall_others(self):
+        """A client that takes BLOBs and stops reading does not hold a camera back from a client that takes none: it is cut off."""
+        server = IndiServer(host="127.0.0.1", port=0)
+        server.router.max_queue = 8 * 1024 * KiB
+        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "100", "--size", str(256 * KiB))
+        server.startService()
+        self.addCleanup(server.stopService)
+        yield server.listening
+        stuck, honest = yield defer.gatherResults(
+            [connect_client(server.port), connect_client(server.port)]
+        )
+        self.addCleanup(stuck.transport.loseConnection)
+        self.addCleanup(honest.transport.loseConnection)
+        stuck.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+        honest.say(b"<getProperties version='1.7'/>")
+        for client in (stuck, honest):
+            yield client.wait_for(lambda m: m.name == "START")
+        stuck.transport.pauseProducing()  # it reads nothing from now on
+        honest.say(START)
+        yield honest.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        self.assertEqual(len(server.router.clients), 1)
+        stuck.transport.resumeProducing()
+        yield stuck.lost
+
+    @defer.inlineCallbacks
     def test_only_client_stuck_driver_paused(self):
         """With its only receiver stuck, a driver is paused (memory stays bounded) and resumes when it reads."""
         paused = defer.Deferred()
