@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -30,7 +30,15 @@ from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from indiserv.client import CLIENT_LIMITS, ClientFactory, describe
+from indiserv.access import Access
+from indiserv.client import (
+    CLIENT_LIMITS,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING,
+    ClientFactory,
+    describe,
+)
 from indiserv.control import FifoControl
 from indiserv.daylog import DayLog
 from indiserv.driver import DriverService
@@ -224,6 +232,9 @@ class IndiServer(MultiService):
     @ivar port: the TCP port; after start, the port actually bound (so
         C{port=0} asks the OS for a free one).
     @ivar maxconnections: how many clients may be connected at once.
+    @ivar factory: the L{ClientFactory} that admits clients, with the other
+        connection limits (C{max_pending}, C{max_per_host},
+        C{handshake_timeout}, C{idle_timeout}) and the C{access} rules.
     @ivar restarts: how many times in a row a failing driver is restarted.
     @ivar stopped: fires once the server has stopped, after L{shutdown}.
     @ivar listening: fires with the listening port once clients can connect.
@@ -236,7 +247,7 @@ class IndiServer(MultiService):
         *drivers: Any,
         host: str = "localhost",
         port: int | str = 7624,
-        maxconnections: int = 10,
+        maxconnections: int = DEFAULT_MAX_CONNECTIONS,
         reactor: Any = None,
         verbose: int = 0,
         restarts: int = DriverService.restarts,
@@ -245,7 +256,21 @@ class IndiServer(MultiService):
         client_limits: Limits = CLIENT_LIMITS,
         driver_limits: Limits = Limits(),
         tls: Any = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections_per_host: int = 0,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        idle_timeout: float = 0,
+        peers: Sequence[str] = (),
+        access: str | None = None,
     ):
+        """
+        The connection options are those of twistd's C{--max-pending},
+        C{--max-connections-per-host} (0: no limit), C{--handshake-timeout},
+        C{--idle-timeout} (0: none); C{peers} are C{--peer} addresses and
+        networks and C{access} an access file's path (see
+        L{indiserv.access}), which raise L{indiserv.access.AccessError}
+        when malformed.
+        """
         super().__init__()
         # The global reactor is looked up when first used, not now, so that
         # asyncrun() can still install the asyncio reactor on its loop.
@@ -258,7 +283,17 @@ class IndiServer(MultiService):
         self.router = Router(clock=self.reactor, verbose=verbose)
         self.router.max_queue = max_queue
         self.router.max_stream = max_stream
-        self.factory = ClientFactory(self.router, maxconnections, client_limits)
+        self.factory = ClientFactory(
+            self.router,
+            maxconnections,
+            client_limits,
+            max_pending=max_pending,
+            max_per_host=max_connections_per_host,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            access=Access.build(peers, access),
+            clock=self.reactor,
+        )
         self.listening: defer.Deferred[IListeningPort] = Milestone()
         self.stopped: defer.Deferred[None] = Milestone()
         self.listening_port: IListeningPort | None = None

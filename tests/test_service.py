@@ -318,6 +318,7 @@ class ExtraListenerTests(TestCase):
         server.add_listener(unix_description(path))
         yield self.connect_unix(path)
         refused = yield connect_client(server.port)
+        refused.say(b"<getProperties version='1.7'/>")
         said = yield refused.wait_for(lambda m: m.tag == "message")
         self.assertIn("full", said.attrs["message"])
 
