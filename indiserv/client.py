@@ -141,8 +141,8 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
         if not items:
             return
         if isinstance(items[0], WireError):
+            # Never admitted: it keeps its pending place until it has gone.
             self.pending = False
-            self.factory.left(self)
             self.wire_error(items[0])
             return
         self.pending = False
@@ -180,7 +180,6 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
     def timeoutConnection(self) -> None:
         if self.pending:
             self.pending = False
-            self.factory.left(self)
             tls = hasattr(self.transport, "getPeerCertificate")
             waited_for = "TLS handshake" if tls and not self._handshaken else "INDI message"
             self.log.warn(
@@ -257,7 +256,7 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
         self.pending = False
-        self.factory.left(self)
+        self.factory.gone(self)
         if self.router is not None:
             self.router.remove_link(self)
         closed, self._closed = self._closed, []
@@ -278,7 +277,9 @@ class ClientFactory(Factory):
     connections waiting to be admitted and C{maxconnections} clients, and
     with C{max_per_host} at most that many of each from one address.
 
-    @ivar pending: the connections not yet admitted.
+    @ivar pending: the connections not admitted, from their start until they
+        are admitted or gone (one refused, or being closed, still holds its
+        place until it has gone).
     """
 
     protocol = ClientProtocol
@@ -310,6 +311,8 @@ class ClientFactory(Factory):
         self.access = access
         self.clock = clock if clock is not None else router.clock
         self.pending: dict[ClientProtocol, None] = {}
+        #: Every connection still open.
+        self.connections: dict[ClientProtocol, None] = {}
         self._pending_from: Counter[str | None] = Counter()
         self._clients_from: Counter[str | None] = Counter()
         self._admitted: dict[ClientProtocol, None] = {}
@@ -321,6 +324,7 @@ class ClientFactory(Factory):
 
     def arrived(self, connection: ClientProtocol) -> str | None:
         """Take a new connection as pending, or say why it cannot be."""
+        self.connections[connection] = None
         if len(self.pending) >= self.max_pending:
             return f"{self.max_pending} connections are waiting to be admitted (--max-pending)"
         host = connection.host
@@ -345,8 +349,9 @@ class ClientFactory(Factory):
         self._clients_from[host] += 1
         return None
 
-    def left(self, connection: ClientProtocol) -> None:
-        """C{connection} is no longer pending, or has gone."""
+    def gone(self, connection: ClientProtocol) -> None:
+        """C{connection} has closed: it frees its place."""
+        self.connections.pop(connection, None)
         self._forget_pending(connection)
         if connection in self._admitted:
             del self._admitted[connection]
@@ -356,6 +361,13 @@ class ClientFactory(Factory):
         """Close every connection that has not been admitted (when the server stops)."""
         for connection in list(self.pending):
             connection.abort()
+
+    def abort_all(self) -> list[ClientProtocol]:
+        """Abort every connection still open (the server's grace is over); return them."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.abort()
+        return connections
 
     def _forget_pending(self, connection: ClientProtocol) -> None:
         if connection in self.pending:

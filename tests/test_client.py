@@ -213,6 +213,7 @@ class PendingTests(ClientTestCase):
         self.assertNotIn(protocol, self.router.clients)
         (message,) = Parser().feed(transport.value())
         self.assertTrue(message.attrs["message"].startswith("Disconnected: "))
+        self.lose(protocol)
         self.assertEqual(self.factory.pending, {})
 
     def test_stop_closes_pending(self) -> None:

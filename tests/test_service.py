@@ -256,6 +256,55 @@ class ShutdownTests(TestCase):
         self.assertEqual(child_processes(), [])
 
 
+    @defer.inlineCallbacks
+    def test_stubborn_driver_killed_within_grace(self):
+        """A driver that ignores SIGTERM is killed within the server's grace."""
+        server = IndiServer(host="127.0.0.1", port=0, grace=0.5)
+        driver = server.add_exdriver(sys.executable, "-c", IGNORES_TERM)
+        server.startService()
+        yield server.listening
+        client = yield attached_client(self, server)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == "Stubborn")
+        pid = driver.protocol.transport.pid
+        yield server.stopService()
+        self.assertTrue(server.stopped.called)
+        self.assertFalse(os.path.exists(f"/proc/{pid}"))
+
+    @defer.inlineCallbacks
+    def test_client_that_never_reads(self):
+        """A client that reads nothing while megabytes are queued for it is aborted when the grace is over, and the stop ends."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server = IndiServer(host="127.0.0.1", port=0, grace=0.5)
+        server.startService()
+        yield server.listening
+        client = yield attached_client(self, server)
+        client.transport.pauseProducing()  # it reads nothing from now on
+        # One message, written to the socket at once: far more than the
+        # kernel's buffers hold, so most of it waits in the transport.
+        server.send_message("x" * 32 * 1024 * 1024)
+        yield server.stopService()
+        self.assertTrue(server.stopped.called)
+        client.transport.abortConnection()
+        yield client.lost
+        self.assertTrue(any("--grace" in e["log_format"] for e in logged))
+        self.assertEqual(server.factory.connections, {})
+
+    test_client_that_never_reads.timeout = 10  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_pending_connection_closed(self):
+        """Stopping closes connections that have not said anything yet."""
+        server = IndiServer(host="127.0.0.1", port=0, handshake_timeout=60)
+        server.startService()
+        yield server.listening
+        silent = yield connect_client(server.port)
+        yield attached_client(self, server)  # by then the silent one is pending
+        self.assertEqual(len(server.factory.pending), 1)
+        yield server.stopService()
+        yield silent.lost
+
+
 class ExtraListenerTests(TestCase):
     """add_listener: clients on a unix socket as well as on TCP."""
 
