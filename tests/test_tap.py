@@ -102,6 +102,63 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(UsageError, parse, "--keepalive", "-1")
         self.assertRaises(UsageError, parse, "--max-connections", "many")
 
+    def test_connection_options(self) -> None:
+        """Pending, per-host, time-limit, grace and peer options reach the server and its client factory."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("peer 10.0.0.0/8\n")
+        server = makeService(
+            parse(
+                "--port", "0", "--max-pending", "5", "--max-connections-per-host", "2",
+                "--handshake-timeout", "3", "--idle-timeout", "600", "--grace", "1.5",
+                "--peer", "127.0.0.2", "--peer", "::1", "--access", access,
+            )
+        )
+        factory = server.factory
+        self.assertEqual(
+            (factory.max_pending, factory.max_per_host, factory.handshake_timeout, factory.idle_timeout),
+            (5, 2, 3.0, 600.0),
+        )
+        self.assertEqual(server.grace, 1.5)
+        self.assertEqual([rule.text for rule in factory.access.rules], ["127.0.0.2", "::1", "10.0.0.0/8"])
+
+    def test_connection_defaults(self) -> None:
+        """By default: 64 pending, no per-host limit, 10 s to say something, no idle timeout, a 5 s grace, no peers."""
+        options = parse()
+        self.assertEqual(
+            [options[o] for o in ("max-pending", "max-connections-per-host", "handshake-timeout", "idle-timeout", "grace")],
+            [64, 0, 10.0, 0.0, 5.0],
+        )
+        self.assertEqual(makeService(options).factory.access.rules, ())
+
+    def test_bad_connection_options(self) -> None:
+        """Nonsensical connection limits and bad peer addresses are usage errors."""
+        for argv in (
+            ["--max-pending", "0"],
+            ["--handshake-timeout", "0"],
+            ["--idle-timeout", "-1"],
+            ["--grace", "-1"],
+            ["--max-connections-per-host", "-1"],
+            ["--peer", "observatory-b"],
+        ):
+            self.assertRaises(UsageError, parse, *argv)
+
+    def test_malformed_access_file(self) -> None:
+        """A malformed access file stops startup with a usage error naming the line."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("# peers\npeer 10.0.0.1\npeers 10.0.0.2\n")
+        error = self.assertRaises(UsageError, parse, "--access", access)
+        self.assertIn(f"{access} line 3", str(error))
+
+    def test_certificate_rules_need_client_certificates(self) -> None:
+        """Certificate rules without --require-client-cert are a usage error: no certificate would be asked for."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("peer subject:CN=observatory-b\n")
+        error = self.assertRaises(UsageError, parse, "--access", access)
+        self.assertIn("--require-client-cert", str(error))
+
     def test_limits(self) -> None:
         """Queue, message-size and shape limits reach the router and the links' parsers."""
         server = makeService(
