@@ -12,12 +12,14 @@ from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
+from indiserv.client import ClientProtocol
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description, unix_description
 
 from .support import (
@@ -31,6 +33,7 @@ from .support import (
     require_programs,
     serve,
 )
+from .test_driver import FakeProcessReactor
 
 SIMULATOR = "indiserv Simulator"
 SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
@@ -303,6 +306,64 @@ class ShutdownTests(TestCase):
         self.assertEqual(len(server.factory.pending), 1)
         yield server.stopService()
         yield silent.lost
+
+
+class GraceTests(SynchronousTestCase):
+    """The bounded stop, on a fake reactor whose time the test keeps."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.server = IndiServer(host="127.0.0.1", port=0, reactor=self.reactor, grace=5)
+        self.server.startService()
+
+    def client(self) -> tuple[ClientProtocol, StringTransport]:
+        """A client admitted by the server."""
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.server.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"<enableBLOB>Never</enableBLOB>")
+        return protocol, transport
+
+    def test_driver_that_will_not_die(self) -> None:
+        """A driver gets SIGTERM, SIGKILL after 4/5 of the grace, and a driver that outlives even that does not hold the stop past the grace."""
+        driver = self.server.add_exdriver("sh")
+        process = driver.protocol.transport
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        self.assertEqual(process.signals, ["TERM"])
+        self.reactor.advance(4)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+        self.assertEqual(stopped, [])
+        self.reactor.advance(1)
+        self.assertEqual(stopped, [None])
+        self.assertTrue(self.server.stopped.called)
+        (error,) = [e for e in self.logged if e["log_level"].name == "error"]
+        self.assertIn("sh", error["what"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_client_that_will_not_read(self) -> None:
+        """A client still not done when the grace is over is aborted, and the stop ends with its connection."""
+        protocol, transport = self.client()
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        self.assertTrue(transport.disconnecting)  # closing, once what is queued is written
+        self.reactor.advance(5)
+        self.assertTrue(transport.disconnected)  # aborted
+        self.assertEqual(stopped, [])
+        protocol.connectionLost(None)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_quick_stop_cancels_grace(self) -> None:
+        """A stop that ends early leaves no timer behind."""
+        protocol, transport = self.client()
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        protocol.connectionLost(None)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
 class ExtraListenerTests(TestCase):
