@@ -310,6 +310,36 @@ class TwistdSmokeTests(TestCase):
         self.assertIn(b"indiserv-simulator: serving device", output.output)
 
     @defer.inlineCallbacks
+    def test_sigterm_with_unread_blob(self):
+        """On SIGTERM twistd indiserver exits within --grace while a client with a BLOB queued for it reads nothing."""
+        from .test_link import BLOB_DRIVER, START
+
+        output = _Collect(rb"listening on .*port=(\d+)")
+        reactor.spawnProcess(
+            output,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver",
+             "--port", "0", "--host", "127.0.0.1", "--grace", "1",
+             f"{sys.executable} {BLOB_DRIVER} --blobs 1 --size {16 * 1024 * 1024}"],
+            env=child_env(),
+            path=PACKAGE_ROOT,
+        )
+        listening = yield output.seen
+        port = int(listening.group(1))
+        stuck, reader = yield defer.gatherResults([connect_client(port), connect_client(port)])
+        self.addCleanup(stuck.transport.loseConnection)
+        for client in (stuck, reader):
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+            yield client.wait_for(lambda m: m.name == "START")
+        stuck.transport.pauseProducing()  # it reads nothing from now on
+        reader.say(START)
+        # Once the reader has the frame, the server has it queued for the other.
+        yield reader.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        output.transport.signalProcess("TERM")
+        yield output.ended
+        self.assertIn(b"--grace", output.output)
+
+    @defer.inlineCallbacks
     def test_daemon_with_pid_file_and_log_file(self):
         """twistd indiserver as docs/twistd.rst runs it: a daemon that writes its pid file and log file, serves, and on SIGTERM to that pid tells clients, exits and removes the pid file."""
         directory = os.path.abspath(self.mktemp())
