@@ -13,7 +13,9 @@ As with indiserver: options come first, and parsing stops at the first
 argument that does not begin with C{-}; letters may be combined, each
 taking its value from the next argument (C{-vvm 64}); clients may connect
 on every interface; an unknown option, or neither a driver nor C{-f},
-prints the usage and exits with status 2.
+prints the usage and exits with status 2.  The plugin's long options,
+which indiserver does not have (C{--peer}, C{--grace} ...), pass through
+as they are, with their value as the next argument or after C{=}.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ Options:
  -vv      : -v and a line per message
  -vvv     : -vv and each message's XML
 driver    : executable or [device]@host[:port]
-Also: twistd -n indiserver --help (the same server, with long options).
+Also: the long options of twistd -n indiserver --help, such as --peer ADDRESS
+or --grace SECONDS, before the drivers.
 """
 
 
@@ -96,6 +99,18 @@ def translate(args: list[str]) -> list[str]:
     while index < len(args) and args[index].startswith("-"):
         letters = args[index][1:]
         index += 1
+        if letters.startswith("-") and len(letters) > 1:
+            name, equals, _ = letters[1:].partition("=")
+            takes_value = _long_options().get(name)
+            if takes_value is None:
+                raise usage.UsageError(f"unknown option --{name}")
+            translated.append(args[index - 1])
+            if takes_value and not equals:
+                if index >= len(args):
+                    raise usage.UsageError(f"--{name} requires a value")
+                translated.append(args[index])
+                index += 1
+            continue
         for letter in letters:
             if letter == "v":
                 translated.append("--verbose")
@@ -112,6 +127,12 @@ def translate(args: list[str]) -> list[str]:
     if not drivers and "--fifo" not in translated:
         raise usage.UsageError("no drivers to run and no FIFO (-f) to take them from")
     return [*translated, "--", *drivers]
+
+
+def _long_options() -> dict[str, bool]:
+    """The plugin's long option names, each with whether it takes a value."""
+    names = Options().longOpt
+    return {name.rstrip("="): name.endswith("=") for name in names}
 
 
 def _value(letter: str, value: str) -> str:

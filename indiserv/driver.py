@@ -270,6 +270,7 @@ class DriverService(Service):
         restarts: int | None = None,
         limits: Limits | None = None,
         debug_enable: bool = False,
+        stop_timeout: float | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -280,6 +281,8 @@ class DriverService(Service):
         self.env = env
         if restarts is not None:
             self.restarts = restarts
+        if stop_timeout is not None:
+            self.stop_timeout = stop_timeout
         self.limits = limits
         #: Log every message the program writes (IPyServer's debug_enable).
         self.debug_enable = debug_enable

@@ -284,6 +284,11 @@ class RemoteService(ClientService):
             self.protocol.transport.unregisterProducer()
         return super().stopService()
 
+    def abort(self) -> None:
+        """Drop the link now, with whatever the remote has not read (a stop that ran out of time)."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+
     def _retry_delay(self, attempt: int) -> float:
         """
         The delay before the next attempt.  ClientService counts a TCP

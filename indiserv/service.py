@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -30,7 +30,15 @@ from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from indiserv.client import CLIENT_LIMITS, ClientFactory, describe
+from indiserv.access import Access
+from indiserv.client import (
+    CLIENT_LIMITS,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING,
+    ClientFactory,
+    describe,
+)
 from indiserv.control import FifoControl
 from indiserv.daylog import DayLog
 from indiserv.driver import DriverService
@@ -46,9 +54,21 @@ from indiserv.remote import RemoteService
 from indiserv.router import Router
 from indiserv.wire import Limits
 
-__all__ = ["IndiServer", "Milestone", "endpoint_description", "tls_options", "SHUTDOWN_TEXT"]
+__all__ = [
+    "IndiServer",
+    "Milestone",
+    "endpoint_description",
+    "tls_options",
+    "SHUTDOWN_TEXT",
+    "DEFAULT_GRACE",
+]
 
 SHUTDOWN_TEXT = "The INDI server is shutting down"
+#: Seconds a stop may take, drivers and clients included.
+DEFAULT_GRACE = 5.0
+#: The share of the grace drivers get between SIGTERM and SIGKILL: the
+#: rest is for clients to read that the drivers have stopped.
+DRIVER_SHARE = 0.8
 
 
 def endpoint_description(port: int | str, host: str = "localhost") -> str:
@@ -224,7 +244,13 @@ class IndiServer(MultiService):
     @ivar port: the TCP port; after start, the port actually bound (so
         C{port=0} asks the OS for a free one).
     @ivar maxconnections: how many clients may be connected at once.
+    @ivar factory: the L{ClientFactory} that admits clients, with the other
+        connection limits (C{max_pending}, C{max_per_host},
+        C{handshake_timeout}, C{idle_timeout}) and the C{access} rules.
     @ivar restarts: how many times in a row a failing driver is restarted.
+    @ivar grace: seconds a stop may take in all; what is still running
+        then (a driver that outlives SIGKILL, a client that has not read
+        what was queued for it) is aborted or left behind.
     @ivar stopped: fires once the server has stopped, after L{shutdown}.
     @ivar listening: fires with the listening port once clients can connect.
     """
@@ -236,7 +262,7 @@ class IndiServer(MultiService):
         *drivers: Any,
         host: str = "localhost",
         port: int | str = 7624,
-        maxconnections: int = 10,
+        maxconnections: int = DEFAULT_MAX_CONNECTIONS,
         reactor: Any = None,
         verbose: int = 0,
         restarts: int = DriverService.restarts,
@@ -245,7 +271,22 @@ class IndiServer(MultiService):
         client_limits: Limits = CLIENT_LIMITS,
         driver_limits: Limits = Limits(),
         tls: Any = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections_per_host: int = 0,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        idle_timeout: float = 0,
+        peers: Sequence[str] = (),
+        access: str | None = None,
+        grace: float = DEFAULT_GRACE,
     ):
+        """
+        The connection options are those of twistd's C{--max-pending},
+        C{--max-connections-per-host} (0: no limit), C{--handshake-timeout},
+        C{--idle-timeout} (0: none); C{peers} are C{--peer} addresses and
+        networks and C{access} an access file's path (see
+        L{indiserv.access}), which raise L{indiserv.access.AccessError}
+        when malformed.  C{grace} is C{--grace}, seconds for a stop.
+        """
         super().__init__()
         # The global reactor is looked up when first used, not now, so that
         # asyncrun() can still install the asyncio reactor on its loop.
@@ -254,15 +295,27 @@ class IndiServer(MultiService):
         self.port = port
         self.maxconnections = maxconnections
         self.restarts = restarts
+        self.grace = grace
         self.driver_limits = driver_limits
         self.router = Router(clock=self.reactor, verbose=verbose)
         self.router.max_queue = max_queue
         self.router.max_stream = max_stream
-        self.factory = ClientFactory(self.router, maxconnections, client_limits)
+        self.factory = ClientFactory(
+            self.router,
+            maxconnections,
+            client_limits,
+            max_pending=max_pending,
+            max_per_host=max_connections_per_host,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            access=Access.build(peers, access),
+            clock=self.reactor,
+        )
         self.listening: defer.Deferred[IListeningPort] = Milestone()
         self.stopped: defer.Deferred[None] = Milestone()
         self.listening_port: IListeningPort | None = None
         self._stop = False
+        self._children_stopped = False
         endpoint = serverFromString(self.reactor, endpoint_description(port, host))
         listening_factory: Any = self.factory
         if tls is not None:
@@ -339,6 +392,7 @@ class IndiServer(MultiService):
             restarts=self.restarts,
             limits=self.driver_limits,
             debug_enable=debug_enable,
+            stop_timeout=self.grace * DRIVER_SHARE,
         )
         driver.setServiceParent(self)
         return driver
@@ -492,22 +546,69 @@ class IndiServer(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """
-        Stop listening and stop the drivers (TERM, then KILL after a grace
-        period), then hang up on the clients, so they still hear of the
-        devices going away.
+        Stop listening and stop the drivers (TERM, then KILL after most of
+        the grace), then hang up on the clients, so they still hear of the
+        devices going away; whatever still runs when the grace is over is
+        aborted, and the stop is over.
         """
         if not self._stop:
             # Stopped from outside (twistd on SIGTERM, a parent service).
             self._stop = True
             self.send_message(SHUTDOWN_TEXT)
-        d = defer.maybeDeferred(super().stopService)
-        d.addBoth(self._close_clients)
-        d.addBoth(lambda result: (self._fire_stopped(None), result)[1])
-        return d
+        # Connections still to be admitted were told nothing, and need not be.
+        self.factory.close_pending()
+        stopped: defer.Deferred[None] = defer.Deferred()
+        grace_over = self.reactor.callLater(self.grace, self._grace_over, stopped)
+        children = defer.maybeDeferred(super().stopService)
+        children.addBoth(self._close_clients)
+
+        def done(result: object) -> object:
+            if grace_over.active():
+                grace_over.cancel()
+            if not stopped.called:
+                stopped.callback(None)
+            return result
+
+        children.addBoth(done)
+        children.addErrback(lambda failure: self.log.failure("while stopping", failure))
+        stopped.addBoth(lambda result: (self._fire_stopped(None), result)[1])
+        return stopped
 
     def _close_clients(self, result: object) -> defer.Deferred[object]:
+        self._children_stopped = True
         closing = [client.close() for client in list(self.router.clients)]
         return defer.gatherResults(closing).addCallback(lambda _: result)
+
+    def _grace_over(self, stopped: defer.Deferred[None]) -> None:
+        """
+        The stop has taken all its grace: abort the connections (their
+        ends, a reactor turn later, end the stop) and stop waiting for
+        what would not stop.
+        """
+        for connection in self.factory.abort_all():
+            self.log.warn(
+                "aborted {client}: {queued} bytes it had not read when the"
+                " --grace of {grace:g} s ran out",
+                client=connection.label,
+                queued=connection.queued,
+                grace=self.grace,
+            )
+        for child in self:
+            if isinstance(child, RemoteService):
+                child.abort()
+        if not self._children_stopped:
+            drivers = [
+                child.driver_name
+                for child in self
+                if isinstance(child, DriverService) and child.protocol is not None
+            ]
+            self.log.error(
+                "stopped after the --grace of {grace:g} s without waiting any"
+                " longer for {what}",
+                grace=self.grace,
+                what=", ".join(drivers) or "the links still stopping",
+            )
+            stopped.callback(None)
 
     def run(self) -> None:
         """

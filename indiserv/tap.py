@@ -13,10 +13,18 @@ from typing import Any
 
 from twisted.python import usage
 
+from indiserv.access import Access, AccessError
+from indiserv.client import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
 from indiserv.driver import DriverNotFound, find_driver
 from indiserv.inprocess import WrongReactor, require_asyncio_reactor
 from indiserv.remote import parse_remote
-from indiserv.service import IndiServer, endpoint_description, tls_options, unix_description
+from indiserv.service import (
+    DEFAULT_GRACE,
+    IndiServer,
+    endpoint_description,
+    tls_options,
+    unix_description,
+)
 from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
@@ -44,9 +52,58 @@ class Options(usage.Options):
         [
             "max-connections",
             None,
-            10,
+            DEFAULT_MAX_CONNECTIONS,
             "Most clients connected at once.",
             int,
+        ],
+        [
+            "max-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Most connections at once that have not yet sent their first"
+            " message (they do not count as clients until they have).",
+            int,
+        ],
+        [
+            "max-connections-per-host",
+            None,
+            0,
+            "Most clients, and most pending connections, from one address;"
+            " 0 for no limit.",
+            int,
+        ],
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds a connection has to finish its TLS handshake and send its"
+            " first complete message before it is closed.",
+            float,
+        ],
+        [
+            "idle-timeout",
+            None,
+            0.0,
+            "Seconds a client may send nothing before it is disconnected;"
+            " 0 never (INDI clients are often silent for hours).",
+            float,
+        ],
+        [
+            "grace",
+            None,
+            DEFAULT_GRACE,
+            "Seconds a stop (SIGTERM) may take in all: drivers get SIGTERM,"
+            " SIGKILL after 4/5 of it, and clients that have not read what"
+            " was queued for them by the end are cut off.",
+            float,
+        ],
+        [
+            "access",
+            None,
+            None,
+            "A file of access rules, one a line: 'peer ADDRESS[/BITS]',"
+            " 'peer sha256:FINGERPRINT' or 'peer subject:CN=...' names a server"
+            " trusted to share its devices when it links here as a client.",
         ],
         [
             "keepalive",
@@ -147,6 +204,14 @@ class Options(usage.Options):
         self["drivers"] = []
         self["remotes"] = []
         self["ipydrivers"] = []
+        self["peers"] = []
+
+    def opt_peer(self, address: str) -> None:
+        """
+        Trust the server linking here as a client from this address or
+        network (10.0.0.0/8, 2001:db8::/32) to share its devices. Repeatable.
+        """
+        self["peers"].append(address)
 
     def opt_remote(self, spec: str) -> None:
         """
@@ -195,6 +260,13 @@ class Options(usage.Options):
             raise usage.UsageError("--max-connections must be at least 1")
         if self["keepalive"] < 0:
             raise usage.UsageError("--keepalive cannot be negative")
+        if self["max-pending"] < 1:
+            raise usage.UsageError("--max-pending must be at least 1")
+        if self["handshake-timeout"] <= 0:
+            raise usage.UsageError("--handshake-timeout must be positive")
+        for option in ("max-connections-per-host", "idle-timeout", "grace"):
+            if self[option] < 0:
+                raise usage.UsageError(f"--{option} cannot be negative")
         if self["restarts"] < 0:
             raise usage.UsageError("--restarts cannot be negative")
         if self["max-stream"] < 0:
@@ -223,6 +295,15 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["require-client-cert"] and not self["tls-cert"]:
             raise usage.UsageError("--require-client-cert needs --tls-cert and --tls-key")
+        try:
+            access = Access.build(self["peers"], self["access"])
+        except AccessError as e:
+            raise usage.UsageError(str(e))
+        if access.needs_certificates and not self["require-client-cert"]:
+            raise usage.UsageError(
+                "certificate rules in --access need --require-client-cert:"
+                " without it no client certificate is asked for"
+            )
         self["endpoint"] = endpoint_description(self["port"], self["host"])
         if self["ipydrivers"]:
             _require_asyncio_reactor()
@@ -281,6 +362,13 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
             if config["tls-cert"]
             else None
         ),
+        max_pending=config["max-pending"],
+        max_connections_per_host=config["max-connections-per-host"],
+        handshake_timeout=config["handshake-timeout"],
+        idle_timeout=config["idle-timeout"],
+        peers=config["peers"],
+        access=config["access"],
+        grace=config["grace"],
     )
     server.keepalive = config["keepalive"]
     add_operations(server, config)

@@ -100,9 +100,19 @@ class TranslateTests(SynchronousTestCase):
         self.assertEqual(drivers_of(translated), ["drv", "-v"])
 
     def test_unknown_options(self) -> None:
-        """Unknown letters, and long options, are usage errors naming the letter."""
+        """Unknown letters and unknown long options are usage errors naming them."""
         self.assertEqual(str(self.assertRaises(UsageError, translate, ["-x", "drv"])), "unknown option -x")
-        self.assertEqual(str(self.assertRaises(UsageError, translate, ["--port", "1", "d"])), "unknown option --")
+        self.assertEqual(str(self.assertRaises(UsageError, translate, ["--colour", "d"])), "unknown option --colour")
+        self.assertEqual(str(self.assertRaises(UsageError, translate, ["--peer"])), "--peer requires a value")
+
+    def test_long_options_pass_through(self) -> None:
+        """The plugin's long options pass through, with their value next or after =; flags alone."""
+        translated = translate(["-v", "--peer", "10.0.0.0/8", "--grace=2", "--remote-blobs", "-p", "7000", "drv"])
+        self.assertEqual(
+            options_of(translated),
+            ["--verbose", "--peer", "10.0.0.0/8", "--grace=2", "--remote-blobs", "--port", "7000"],
+        )
+        self.assertEqual(drivers_of(translated), ["drv"])
 
     def test_missing_value(self) -> None:
         """An option whose value is missing says what it needs."""
@@ -139,6 +149,13 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertEqual(options["drivers"], [["sh"]])
         self.assertEqual(options["max-connections"], 100)
+
+    def test_long_options_reach_plugin(self) -> None:
+        """Long options given to the command fill the plugin's Options, and their errors name them."""
+        options = parse(["--peer", "127.0.0.2", "--idle-timeout=600", "sh"])
+        self.assertEqual((options["peers"], options["idle-timeout"]), (["127.0.0.2"], 600.0))
+        error = self.assertRaises(UsageError, parse, ["--max-pending", "0", "sh"])
+        self.assertIn("--max-pending", str(error))
 
     def test_same_service_as_twistd(self) -> None:
         """makeService builds the same server from the short form as twistd does from the long form."""

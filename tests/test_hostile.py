@@ -501,6 +501,7 @@ class HostileInputMixin:
         """A peer writing one byte a second is served correctly, and other links meanwhile too."""
         self.router.startService()
         self.addCleanup(self.router.stopService)
+        self.admit_hostile()
         traffic = self.one_byte_traffic()
         data = b"\n".join(traffic) + b"\n"
         self.assertGreater(len(data), 180)
@@ -523,6 +524,9 @@ class HostileInputMixin:
     def assertHostileServed(self, updates: int) -> None:
         """The slow peer got what was routed to it meanwhile (kinds that receive updates)."""
 
+    def admit_hostile(self) -> None:
+        """Let the peer in before it dawdles (a pending client is given only --handshake-timeout)."""
+
 
 class ClientHostileTests(HostileInputMixin, SynchronousTestCase):
     """Bad input from a client: it is told why, disconnected and forgotten."""
@@ -536,6 +540,9 @@ class ClientHostileTests(HostileInputMixin, SynchronousTestCase):
     def say(self, data: bytes) -> None:
         self.hostile.dataReceived(data)
         self.clock.advance(0)  # the reactor turns that route the rest of a large read
+
+    def admit_hostile(self) -> None:
+        self.say(b"<enableBLOB>Never</enableBLOB>")
 
     def end_hostile(self) -> None:
         self.hostile.connectionLost(Failure(ConnectionDone()))

@@ -12,12 +12,14 @@ from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
+from indiserv.client import ClientProtocol
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description, unix_description
 
 from .support import (
@@ -31,6 +33,7 @@ from .support import (
     require_programs,
     serve,
 )
+from .test_driver import FakeProcessReactor
 
 SIMULATOR = "indiserv Simulator"
 SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
@@ -256,6 +259,113 @@ class ShutdownTests(TestCase):
         self.assertEqual(child_processes(), [])
 
 
+    @defer.inlineCallbacks
+    def test_stubborn_driver_killed_within_grace(self):
+        """A driver that ignores SIGTERM is killed within the server's grace."""
+        server = IndiServer(host="127.0.0.1", port=0, grace=0.5)
+        driver = server.add_exdriver(sys.executable, "-c", IGNORES_TERM)
+        server.startService()
+        yield server.listening
+        client = yield attached_client(self, server)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == "Stubborn")
+        pid = driver.protocol.transport.pid
+        yield server.stopService()
+        self.assertTrue(server.stopped.called)
+        self.assertFalse(os.path.exists(f"/proc/{pid}"))
+
+    @defer.inlineCallbacks
+    def test_client_that_never_reads(self):
+        """A client that reads nothing while megabytes are queued for it is aborted when the grace is over, and the stop ends."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server = IndiServer(host="127.0.0.1", port=0, grace=0.5)
+        server.startService()
+        yield server.listening
+        client = yield attached_client(self, server)
+        client.transport.pauseProducing()  # it reads nothing from now on
+        # One message, written to the socket at once: far more than the
+        # kernel's buffers hold, so most of it waits in the transport.
+        server.send_message("x" * 32 * 1024 * 1024)
+        yield server.stopService()
+        self.assertTrue(server.stopped.called)
+        client.transport.abortConnection()
+        yield client.lost
+        self.assertTrue(any("--grace" in e["log_format"] for e in logged))
+        self.assertEqual(server.factory.connections, {})
+
+    test_client_that_never_reads.timeout = 10  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_pending_connection_closed(self):
+        """Stopping closes connections that have not said anything yet."""
+        server = IndiServer(host="127.0.0.1", port=0, handshake_timeout=60)
+        server.startService()
+        yield server.listening
+        silent = yield connect_client(server.port)
+        yield attached_client(self, server)  # by then the silent one is pending
+        self.assertEqual(len(server.factory.pending), 1)
+        yield server.stopService()
+        yield silent.lost
+
+
+class GraceTests(SynchronousTestCase):
+    """The bounded stop, on a fake reactor whose time the test keeps."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.server = IndiServer(host="127.0.0.1", port=0, reactor=self.reactor, grace=5)
+        self.server.startService()
+
+    def client(self) -> tuple[ClientProtocol, StringTransport]:
+        """A client admitted by the server."""
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.server.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"<enableBLOB>Never</enableBLOB>")
+        return protocol, transport
+
+    def test_driver_that_will_not_die(self) -> None:
+        """A driver gets SIGTERM, SIGKILL after 4/5 of the grace, and a driver that outlives even that does not hold the stop past the grace."""
+        driver = self.server.add_exdriver("sh")
+        process = driver.protocol.transport
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        self.assertEqual(process.signals, ["TERM"])
+        self.reactor.advance(4)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+        self.assertEqual(stopped, [])
+        self.reactor.advance(1)
+        self.assertEqual(stopped, [None])
+        self.assertTrue(self.server.stopped.called)
+        (error,) = [e for e in self.logged if e["log_level"].name == "error"]
+        self.assertIn("sh", error["what"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_client_that_will_not_read(self) -> None:
+        """A client still not done when the grace is over is aborted, and the stop ends with its connection."""
+        protocol, transport = self.client()
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        self.assertTrue(transport.disconnecting)  # closing, once what is queued is written
+        self.reactor.advance(5)
+        self.assertTrue(transport.disconnected)  # aborted
+        self.assertEqual(stopped, [])
+        protocol.connectionLost(None)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_quick_stop_cancels_grace(self) -> None:
+        """A stop that ends early leaves no timer behind."""
+        protocol, transport = self.client()
+        stopped = []
+        self.server.stopService().addCallback(stopped.append)
+        protocol.connectionLost(None)
+        self.assertEqual(stopped, [None])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class ExtraListenerTests(TestCase):
     """add_listener: clients on a unix socket as well as on TCP."""
 
@@ -318,6 +428,7 @@ class ExtraListenerTests(TestCase):
         server.add_listener(unix_description(path))
         yield self.connect_unix(path)
         refused = yield connect_client(server.port)
+        refused.say(b"<getProperties version='1.7'/>")
         said = yield refused.wait_for(lambda m: m.tag == "message")
         self.assertIn("full", said.attrs["message"])
 

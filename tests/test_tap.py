@@ -102,6 +102,63 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(UsageError, parse, "--keepalive", "-1")
         self.assertRaises(UsageError, parse, "--max-connections", "many")
 
+    def test_connection_options(self) -> None:
+        """Pending, per-host, time-limit, grace and peer options reach the server and its client factory."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("peer 10.0.0.0/8\n")
+        server = makeService(
+            parse(
+                "--port", "0", "--max-pending", "5", "--max-connections-per-host", "2",
+                "--handshake-timeout", "3", "--idle-timeout", "600", "--grace", "1.5",
+                "--peer", "127.0.0.2", "--peer", "::1", "--access", access,
+            )
+        )
+        factory = server.factory
+        self.assertEqual(
+            (factory.max_pending, factory.max_per_host, factory.handshake_timeout, factory.idle_timeout),
+            (5, 2, 3.0, 600.0),
+        )
+        self.assertEqual(server.grace, 1.5)
+        self.assertEqual([rule.text for rule in factory.access.rules], ["127.0.0.2", "::1", "10.0.0.0/8"])
+
+    def test_connection_defaults(self) -> None:
+        """By default: 64 pending, no per-host limit, 10 s to say something, no idle timeout, a 5 s grace, no peers."""
+        options = parse()
+        self.assertEqual(
+            [options[o] for o in ("max-pending", "max-connections-per-host", "handshake-timeout", "idle-timeout", "grace")],
+            [64, 0, 10.0, 0.0, 5.0],
+        )
+        self.assertEqual(makeService(options).factory.access.rules, ())
+
+    def test_bad_connection_options(self) -> None:
+        """Nonsensical connection limits and bad peer addresses are usage errors."""
+        for argv in (
+            ["--max-pending", "0"],
+            ["--handshake-timeout", "0"],
+            ["--idle-timeout", "-1"],
+            ["--grace", "-1"],
+            ["--max-connections-per-host", "-1"],
+            ["--peer", "observatory-b"],
+        ):
+            self.assertRaises(UsageError, parse, *argv)
+
+    def test_malformed_access_file(self) -> None:
+        """A malformed access file stops startup with a usage error naming the line."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("# peers\npeer 10.0.0.1\npeers 10.0.0.2\n")
+        error = self.assertRaises(UsageError, parse, "--access", access)
+        self.assertIn(f"{access} line 3", str(error))
+
+    def test_certificate_rules_need_client_certificates(self) -> None:
+        """Certificate rules without --require-client-cert are a usage error: no certificate would be asked for."""
+        access = os.path.abspath(self.mktemp())
+        with open(access, "w") as f:
+            f.write("peer subject:CN=observatory-b\n")
+        error = self.assertRaises(UsageError, parse, "--access", access)
+        self.assertIn("--require-client-cert", str(error))
+
     def test_limits(self) -> None:
         """Queue, message-size and shape limits reach the router and the links' parsers."""
         server = makeService(
@@ -251,6 +308,36 @@ class TwistdSmokeTests(TestCase):
         yield output.ended
         yield client.lost
         self.assertIn(b"indiserv-simulator: serving device", output.output)
+
+    @defer.inlineCallbacks
+    def test_sigterm_with_unread_blob(self):
+        """On SIGTERM twistd indiserver exits within --grace while a client with a BLOB queued for it reads nothing."""
+        from .test_link import BLOB_DRIVER, START
+
+        output = _Collect(rb"listening on .*port=(\d+)")
+        reactor.spawnProcess(
+            output,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver",
+             "--port", "0", "--host", "127.0.0.1", "--grace", "1",
+             f"{sys.executable} {BLOB_DRIVER} --blobs 1 --size {16 * 1024 * 1024}"],
+            env=child_env(),
+            path=PACKAGE_ROOT,
+        )
+        listening = yield output.seen
+        port = int(listening.group(1))
+        stuck, reader = yield defer.gatherResults([connect_client(port), connect_client(port)])
+        self.addCleanup(stuck.transport.loseConnection)
+        for client in (stuck, reader):
+            client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
+            yield client.wait_for(lambda m: m.name == "START")
+        stuck.transport.pauseProducing()  # it reads nothing from now on
+        reader.say(START)
+        # Once the reader has the frame, the server has it queued for the other.
+        yield reader.wait_for(lambda m: m.tag == "message" and m.attrs.get("message") == "done")
+        output.transport.signalProcess("TERM")
+        yield output.ended
+        self.assertIn(b"--grace", output.output)
 
     @defer.inlineCallbacks
     def test_daemon_with_pid_file_and_log_file(self):

@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from indiserv.remote import RemoteService
 from indiserv.service import tls_options
 
-from .support import client_of, serve
+from .support import client_of, connect_client, logged_text, serve
 
 SIMULATOR = "indiserv Simulator"
 
@@ -108,12 +109,13 @@ class TLSTests(TestCase):
         return write_pair(self.dir, name, make_leaf(ca or self.ca, hostname))
 
     @defer.inlineCallbacks
-    def serve_tls(self, cert: tuple[str, str], client_ca: str | None = None):
+    def serve_tls(self, cert: tuple[str, str], client_ca: str | None = None, **kwargs):
         return (
             yield serve(
                 self,
                 [sys.executable, "-m", "indiserv.simulator"],
                 tls=tls_options(cert[0], cert[1], client_ca),
+                **kwargs,
             )
         )
 
@@ -181,3 +183,37 @@ class TLSTests(TestCase):
         cert, key = self.leaf("client", "observatory-a")
         a2, client2 = yield self.link(b.port, f":certificate={cert}:privateKey={key}")
         yield client2.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+
+    @defer.inlineCallbacks
+    def test_unshaken_connections_leave_room(self):
+        """Ten TCP connections that never start the TLS handshake neither lock out a client with a valid certificate nor stay open."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        b = yield self.serve_tls(
+            self.leaf("server", "localhost"), client_ca=self.ca_pem, maxconnections=10,
+            handshake_timeout=1,
+        )
+        silent = yield defer.gatherResults([connect_client(b.port) for _ in range(10)])
+        for socket in silent:
+            self.addCleanup(socket.transport.loseConnection)
+        cert, key = self.leaf("client", "observatory-a")
+        a, client = yield self.link(b.port, f":certificate={cert}:privateKey={key}")
+        yield client.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+        yield defer.gatherResults([socket.lost for socket in silent])
+        self.assertIn("no TLS handshake within 1 s", "\n".join(logged_text(e) for e in logged))
+
+    @defer.inlineCallbacks
+    def test_peer_by_certificate(self):
+        """A server linking with the certificate an access file names by fingerprint is trusted; one with another certificate is not."""
+        cert, key = self.leaf("peer", "observatory-a")
+        with open(cert, "rb") as f:
+            fingerprint = x509.load_pem_x509_certificate(f.read()).fingerprint(hashes.SHA256())
+        access = os.path.join(self.dir, "access")
+        with open(access, "w") as f:
+            f.write(f"# observatory a\npeer sha256:{fingerprint.hex(':').upper()}\n")
+        b = yield self.serve_tls(self.leaf("server", "localhost"), client_ca=self.ca_pem, access=access)
+        a, client = yield self.link(b.port, f":certificate={cert}:privateKey={key}")
+        yield client.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+        other_cert, other_key = self.leaf("other", "observatory-c")
+        a2, client2 = yield self.link(b.port, f":certificate={other_cert}:privateKey={other_key}")
+        yield client2.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+        self.assertEqual(sorted(link.trusted for link in b.router.clients), [False, True])
