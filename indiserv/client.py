@@ -13,6 +13,7 @@ malformed XML cannot be trusted to be in step with the stream any more.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -43,6 +44,10 @@ __all__ = [
 #: Clients send commands, not camera frames: a much smaller element limit.
 DEFAULT_MAX_CLIENT_ELEMENT = 16 * 1024 * 1024
 CLIENT_LIMITS = Limits(max_element=DEFAULT_MAX_CLIENT_ELEMENT)
+#: A pending connection is closed if its first message grows past this:
+#: clients begin with getProperties, and a connection not admitted yet
+#: must not hold a whole --max-client-message each.
+MAX_FIRST_MESSAGE = 1024 * 1024
 #: Clients connected at once.
 DEFAULT_MAX_CONNECTIONS = 10
 #: Connections at once that have not yet sent their first message: room
@@ -137,13 +142,22 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
 
     def _first_data(self, data: bytes) -> None:
         """Frame what a pending connection sent; admit it with its first message."""
-        items = list(self.parser.read(data))
-        if not items:
+        items = self.parser.read(data)
+        first = next(items, None)
+        if first is None:
+            if self.parser.pending > MAX_FIRST_MESSAGE:
+                self.pending = False
+                self.log.warn(
+                    "closed {client}: its first message is larger than {limit} bytes",
+                    client=self.label,
+                    limit=MAX_FIRST_MESSAGE,
+                )
+                self.transport.abortConnection()
             return
-        if isinstance(items[0], WireError):
+        if isinstance(first, WireError):
             # Never admitted: it keeps its pending place until it has gone.
             self.pending = False
-            self.wire_error(items[0])
+            self.wire_error(first)
             return
         self.pending = False
         refusal = self.factory.admit(self)
@@ -152,19 +166,7 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
             self._hang_up(f"{refusal[0].upper()}{refusal[1:]}; try again later")
             return
         self._admitted()
-        router = self.factory.router
-        router.begin_batch()
-        try:
-            for item in items:
-                if self.router is None:
-                    break
-                if isinstance(item, WireError):
-                    if not self.wire_error(item):
-                        break
-                else:
-                    router.route(item, self)
-        finally:
-            router.end_batch()
+        self.route_parsed(itertools.chain((first,), items))
 
     def _admitted(self) -> None:
         factory = self.factory

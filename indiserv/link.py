@@ -320,6 +320,15 @@ class Link:
         if self._later is None:
             self._route_input()
 
+    def route_parsed(self, items: Iterator[Message | WireError]) -> None:
+        """
+        Route C{items}, the rest of a read already being framed (a client's
+        first read, once it is admitted), paced as L{bytes_received} is.
+        """
+        self._reading = items
+        if self._later is None:
+            self._route_input()
+
     def _route_input(self) -> None:
         """Route up to a turn's worth of input; leave the rest for the next turn."""
         self._later = None

@@ -134,6 +134,11 @@ class Router(Service):
         self._told: dict[Link, set[str]] = {}
         #: Clients that announced devices: other servers connected to us.
         self.peers: dict[Link, None] = {}
+        #: Clients that are other servers, trusted or not: peers, and those
+        #: whose getProperties says so (indiserver's device="*", our hop
+        #: mark).  Other servers' notices and command echoes never go to
+        #: them: passed on between servers they could go round a loop.
+        self.chained: dict[Link, None] = {}
         self._hop_ids = itertools.count(1)
         self._hop_prefix = uuid.uuid4().hex[:12]
         self._hops_seen: dict[str, None] = {}
@@ -221,6 +226,7 @@ class Router(Service):
         self._registry(link).pop(link, None)
         link.stop_reading_input()
         self.peers.pop(link, None)
+        self.chained.pop(link, None)
         self._receivers = tuple(self.clients)
         self._told.pop(link, None)
         self._stalled.discard(link)
@@ -398,13 +404,17 @@ class Router(Service):
 
     def _get_properties(self, message: Message, source: Link) -> None:
         """A client's, or another server's, request for definitions."""
-        if self._from_server(source):
-            hop = message.attrs.get(wire.HOP)
-            if hop is not None:
-                if hop in self._hops_seen:
-                    self.log.debug("dropped a getProperties that came round a loop")
-                    return
-                self._saw_hop(hop)
+        hop = message.attrs.get(wire.HOP)
+        if source.kind == CLIENT and source not in self.chained and (
+            hop is not None or message.device == "*"
+        ):
+            self.chained[source] = None
+            self.event("{link} is another server", link=source.label)
+        if hop is not None and (source.kind == REMOTE or source in self.chained):
+            if hop in self._hops_seen:
+                self.log.debug("dropped a getProperties that came round a loop")
+                return
+            self._saw_hop(hop)
         device = message.device
         owner = self.owners.get(device) if device and device != "*" else None
         if owner is not None:
@@ -462,7 +472,7 @@ class Router(Service):
         for client in self._receivers:
             if (
                 client is not source
-                and client not in self.peers
+                and client not in self.chained
                 and client.blob_policy.allows(message)
             ):
                 client.send(message)
@@ -521,8 +531,11 @@ class Router(Service):
                 self._ask(owner, message)
             return
         # A local driver of a device not seen yet will announce it anyway
-        # when it starts; only another server might already have it.
-        receivers = self._servers() if device else (*self.drivers, *self._servers())
+        # when it starts; only another server might already have it (even
+        # one not trusted to share devices: what it says of devices nobody
+        # here serves may still feed snoopers, as with indiserver).
+        servers = (*self.remotes, *self.chained)
+        receivers = servers if device else (*self.drivers, *servers)
         for link in receivers:
             if link is not source:
                 self._ask(link, message)
@@ -551,6 +564,7 @@ class Router(Service):
         if source.trusted:
             if source not in self.peers:
                 self.peers[source] = None
+                self.chained[source] = None
                 self.event("{link} is a server sharing its devices", link=source.label)
             return self._device_traffic(message, source)
         device = message.device
@@ -580,12 +594,16 @@ class Router(Service):
         if not self._first_time(source, "device traffic"):
             return
         self.log.info(
-            "{source} sends device traffic ({summary}); clients do not own"
-            " devices here, so it is dropped ({why})",
+            "{source} sends device traffic ({summary}); only drivers, remote"
+            " servers and --peer servers own devices here, so it is dropped ({why})",
             source=source.label,
             summary=message.summary(),
             why=why,
         )
+        if source in self.chained:
+            # Another server would show the notice to its own clients, who
+            # sent nothing: the log here says it.
+            return
         source.send(
             wire.message(
                 f"This server takes device definitions and updates only from its"
@@ -603,7 +621,7 @@ class Router(Service):
                 # Another server's own notices are for our clients only: passed
                 # on between servers they could go round a loop for ever.
                 for client in self._receivers:
-                    if client not in self.peers:
+                    if client not in self.chained:
                         client.send(message)
                 return
             return self._deliver(message, source)
@@ -735,7 +753,7 @@ class Router(Service):
             device=device,
         )
         for client in self._receivers:
-            if client not in self.peers:
+            if client not in self.chained:
                 client.send(built)
 
     # -- messages from the server ---------------------------------------

@@ -180,12 +180,14 @@ def serve(
     blob_enable: bool = False,
     port: int = 0,
     inprocess: tuple[Any, ...] | list[Any] = (),
+    bind: str | None = None,
     **kwargs: Any,
 ):
     """
     An IndiServer on 127.0.0.1 serving C{drivers} (argument lists) and the
-    C{inprocess} drivers, linked to the servers on C{remotes}, stopped when
-    C{testcase} ends; fires with it once it listens.
+    C{inprocess} drivers, linked to the servers on C{remotes} (from the
+    source address C{bind}, to be told from other clients there), stopped
+    when C{testcase} ends; fires with it once it listens.
     """
     from indiserv import IndiServer
 
@@ -193,7 +195,12 @@ def serve(
     for driver in drivers:
         server.add_exdriver(*driver).env = env if env is not None else child_env()
     for remote in remotes:
-        server.add_remote("127.0.0.1", remote, blob_enable=blob_enable)
+        if bind is None:
+            server.add_remote("127.0.0.1", remote, blob_enable=blob_enable)
+        else:
+            server.add_remote(
+                f"tcp:host=127.0.0.1:port={remote}:bindAddress={bind}", blob_enable=blob_enable
+            )
     server.startService()
     testcase.addCleanup(lambda: server.stopService() if server.running else None)
     yield server.listening

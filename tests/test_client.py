@@ -14,7 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.access import Access
-from indiserv.client import DEFAULT_HANDSHAKE_TIMEOUT, ClientFactory, ClientProtocol
+from indiserv.client import DEFAULT_HANDSHAKE_TIMEOUT, MAX_FIRST_MESSAGE, ClientFactory, ClientProtocol
 from indiserv.link import DRIVER
 from indiserv.router import Router
 from indiserv.wire import Parser
@@ -215,6 +215,28 @@ class PendingTests(ClientTestCase):
         self.assertTrue(message.attrs["message"].startswith("Disconnected: "))
         self.lose(protocol)
         self.assertEqual(self.factory.pending, {})
+
+    def test_first_message_bounded(self) -> None:
+        """A pending connection whose first message grows past MAX_FIRST_MESSAGE is closed, never admitted."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"<newTextVector device='D' name='T'><oneText name='A'>")
+        chunk = b"x" * 65536
+        for _ in range(MAX_FIRST_MESSAGE // len(chunk) - 1):
+            protocol.dataReceived(chunk)
+        self.assertFalse(transport.disconnected)
+        protocol.dataReceived(chunk + chunk)
+        self.assertTrue(transport.disconnected)
+        self.assertNotIn(protocol, self.router.clients)
+        self.assertIn("first message is larger than", self.logs())
+
+    def test_first_read_paced(self) -> None:
+        """The messages after a client's first, in the same read, are routed a turn's worth at a time."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"<pingRequest uid='1'/>" * 300)
+        replies = lambda: len(Parser().feed(transport.value()))
+        self.assertEqual(replies(), protocol.messages_per_turn)
+        self.clock.advance(0)
+        self.assertEqual(replies(), 300)
 
     def test_stop_closes_pending(self) -> None:
         """close_pending aborts every pending connection and no client."""

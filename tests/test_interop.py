@@ -79,14 +79,14 @@ class InteropTestCase(TestCase):
         os.makedirs(self.home)
         self.env = child_env(HOME=self.home)
 
-    def indiserv(self, *drivers: str, remotes: tuple[int, ...] = (), blob_enable: bool = False):
+    def indiserv(self, *drivers: str, remotes: tuple[int, ...] = (), blob_enable: bool = False, **kwargs):
         """
         An indiserv serving C{drivers} (command lines) and linked to the
         servers on C{remotes}; fires with it once it listens.
         """
         return serve(
             self, *(driver.split() for driver in drivers),
-            env=self.env, remotes=remotes, blob_enable=blob_enable,
+            env=self.env, remotes=remotes, blob_enable=blob_enable, **kwargs,
         )
 
     def client_of(self, server: IndiServer, hello: bytes = b"<getProperties version='1.7'/>"):
@@ -331,6 +331,42 @@ class CrashTests(InteropTestCase):
         self.assertEqual(server.router.owners[CCD].name, "indi_simulator_ccd")
 
 
+    @defer.inlineCallbacks
+    def test_client_cannot_take_a_restarting_drivers_device(self):
+        """While the CCD restarts, a client's fake definitions of it reach nobody, and the real driver gets it back and obeys."""
+        server = yield self.indiserv("indi_simulator_ccd")
+        honest = yield self.client_of(server)
+        attacker = yield self.client_of(server)
+        yield honest.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        honest.say(connect(CCD))
+        yield honest.wait_for(lambda m: m.tag.startswith("def") and m.name == "CCD_SIMULATE_CRASH")
+        honest.say(
+            b"<newSwitchVector device='CCD Simulator' name='CCD_SIMULATE_CRASH'>"
+            b"<oneSwitch name='CRASH'>On</oneSwitch></newSwitchVector>"
+        )
+        yield honest.wait_for(lambda m: m.tag == "message" and "restarting" in m.attrs.get("message", ""))
+        honest.take()
+        attacker.say(
+            b"<defSwitchVector device='CCD Simulator' name='CONNECTION' perm='rw' rule='OneOfMany'"
+            b" state='Ok'><defSwitch name='CONNECT'>On</defSwitch><defSwitch name='DISCONNECT'>Off"
+            b"</defSwitch></defSwitchVector>"
+            b"<message device='CCD Simulator' message='fake'/>"
+        )
+        yield attacker.wait_for(lambda m: m.tag == "message" and "--peer" in m.attrs.get("message", ""))
+        defined = yield honest.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        self.assertEqual(defined.attrs.get("state"), "Idle")  # the driver's, not the attacker's Ok
+        self.assertNotIn(b"fake", b"".join(m.raw for m in honest.received))
+        self.assertEqual(server.router.owners[CCD].name, "indi_simulator_ccd")
+        out, err, code = yield self.run_tool(
+            "indi_setprop", "-h", "127.0.0.1", "-p", str(server.port), f"{CCD}.CONNECTION.CONNECT=On"
+        )
+        self.assertEqual(code, 0, err)
+        yield honest.wait_for(
+            lambda m: m.tag == "setSwitchVector" and m.device == CCD and m.name == "CONNECTION"
+            and m.attrs.get("state") == "Ok"
+        )
+
+
 class RemoteInteropTests(InteropTestCase):
     """Chains of servers with indilib's indiserver and real drivers."""
 
@@ -418,10 +454,23 @@ class RemoteInteropTests(InteropTestCase):
 
 class RemoteSnoopTests(InteropTestCase):
     @defer.inlineCallbacks
-    def test_driver_on_b_snoops_device_on_a(self):
-        """A driver on the server A links to snoops A's telescope through the link."""
+    def test_snooping_needs_no_trust(self):
+        """A driver on B snoops the telescope of A, which links to B untrusted: snoopers get what clients do not."""
         b = yield self.indiserv(self.snooper())
-        yield self.indiserv("indi_simulator_telescope", remotes=(b.port,))
+        a = yield self.indiserv("indi_simulator_telescope", remotes=(b.port,))
+        client = yield self.client_of(a)
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(connect(TELESCOPE))
+        watcher = yield self.client_of(b)
+        yield watcher.wait_for(snooped_coordinates)
+        self.assertNotIn(TELESCOPE, b.router.owners)
+        self.assertEqual([m for m in watcher.received if m.device == TELESCOPE], [])
+
+    @defer.inlineCallbacks
+    def test_driver_on_b_snoops_device_on_a(self):
+        """A driver on the server A links to snoops A's telescope through the link (B trusts A as a peer)."""
+        b = yield self.indiserv(self.snooper(), peers=["127.0.0.2"])
+        yield self.indiserv("indi_simulator_telescope", remotes=(b.port,), bind="127.0.0.2")
         client = yield self.client_of(b)
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
         client.say(connect(TELESCOPE))

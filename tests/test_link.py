@@ -82,6 +82,9 @@ class QueueTestCase(SynchronousTestCase):
         protocol.makeConnection(transport)
         if blobs:
             protocol.dataReceived(b"<enableBLOB device='CCD'>Also</enableBLOB>")
+        else:
+            protocol.dataReceived(b"<getProperties version='1.7'/>")
+        transport.clear()
         return protocol, transport
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from twisted.logger import globalLogPublisher
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -133,15 +134,40 @@ class TwoServerTests(TwoServerTestCase):
 
     @defer.inlineCallbacks
     def test_device_of_a_reaches_client_of_b(self):
-        """The devices of the server that links flow up the link: a client of B sees A's driver."""
-        b = yield self.serve()
+        """The devices of a server that links flow up the link to a server that trusts it: a client of B sees A's driver."""
+        b = yield self.serve(peers=["127.0.0.2"])
         a = yield self.serve([sys.executable, "-m", "indiserv.simulator"])
-        a.add_remote("127.0.0.1", b.port)
+        a.add_remote(f"tcp:host=127.0.0.1:port={b.port}:bindAddress=127.0.0.2")
         client = yield self.client_of(b)
         client.say(b"<getProperties version='1.7'/>")
         yield client.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
         client.say(CONNECT)
         yield client.wait_for(lambda m: m.tag == "setLightVector" and m.device == SIMULATOR)
+
+    @defer.inlineCallbacks
+    def test_untrusted_server_shares_nothing(self):
+        """A server that links to one that does not trust it gets its devices, but its own reach no client there."""
+        b = yield self.serve([sys.executable, BLOB_DRIVER, "--device", "Upper", "--blobs", "0"])
+        a = yield self.serve([sys.executable, "-m", "indiserv.simulator"])
+        a.add_remote("127.0.0.1", b.port)
+        client_of_a = yield self.client_of(a)
+        client_of_a.say(b"<getProperties version='1.7'/>")
+        yield client_of_a.wait_for(lambda m: m.device == "Upper" and m.name == "START")
+        yield client_of_a.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
+        refused = defer.Deferred()
+
+        def watch(event):
+            if "sends device traffic" in event.get("log_format", "") and not refused.called:
+                refused.callback(None)
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        client_of_b = yield self.client_of(b)
+        client_of_b.say(b"<getProperties version='1.7'/>")
+        yield client_of_b.wait_for(lambda m: m.device == "Upper" and m.name == "START")
+        yield refused  # A's simulator's definitions came to B, and went no further
+        self.assertNotIn(SIMULATOR, b.router.owners)
+        self.assertEqual([m for m in client_of_b.received if m.device == SIMULATOR], [])
 
     @defer.inlineCallbacks
     def test_blobs_cross_only_when_enabled(self):
