@@ -245,8 +245,10 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
         """Hang up once what was queued for the client is written."""
         closed: defer.Deferred[None] = defer.Deferred()
         self._closed.append(closed)
-        # TLS shuts down only once no producer is registered.
+        # TLS shuts down only once no producer is registered, and then
+        # the queue is the transport's to write.
         self.transport.unregisterProducer()
+        self.hand_over_queue()
         self.transport.loseConnection()
         return closed
 

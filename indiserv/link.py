@@ -282,6 +282,16 @@ class Link:
         self._queue.clear()
         self.queued = 0
 
+    def hand_over_queue(self) -> None:
+        """
+        Give what waits in the queue to the transport, which writes it as
+        the peer reads: the link is closing and will produce nothing more.
+        """
+        queue, self._queue = self._queue, deque()
+        self.queued = 0
+        if queue:
+            self.write_sequence(list(queue))
+
     # -- inbound -------------------------------------------------------------
 
     def pause_reading(self) -> None:

@@ -160,8 +160,10 @@ class RemoteProtocol(Protocol, Link):
         return False
 
     def close(self) -> defer.Deferred[None]:
-        # TLS shuts down only once no producer is registered.
+        # TLS shuts down only once no producer is registered, and then
+        # the queue is the transport's to write.
         self.transport.unregisterProducer()
+        self.hand_over_queue()
         self.transport.loseConnection()
         return defer.succeed(None)
 

@@ -108,6 +108,16 @@ class OutboundQueueTests(QueueTestCase):
         self.assertEqual([m.name for m in Parser().feed(transport.value())], ["A", "B"])
         self.assertEqual(client.queued, 0)
 
+    def test_close_writes_the_queue(self) -> None:
+        """A client closed while behind has what was queued for it handed to the transport, in order, before the hang-up."""
+        client, transport = self.connect()
+        client.pauseProducing()
+        self.camera.say(blob(1000, "A") + blob(2000, "B"))
+        client.close()
+        self.assertEqual([m.name for m in Parser().feed(transport.value())], ["A", "B"])
+        self.assertEqual(client.queued, 0)
+        self.assertTrue(transport.disconnecting)
+
     def test_stuck_client_cut_off(self) -> None:
         """A client that reads nothing is cut off, with a logged reason, once its queue passes max_queue."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
