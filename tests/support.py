@@ -94,6 +94,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def logged(testcase: TestCase, text: str, times: int = 1) -> defer.Deferred[dict]:
+    """Fires with the C{times}th log event, from now on, whose format contains C{text}."""
+    from twisted.logger import globalLogPublisher
+
+    seen: defer.Deferred[dict] = defer.Deferred()
+    count = [0]
+
+    def watch(event: dict) -> None:
+        if text in event.get("log_format", "") and not seen.called:
+            count[0] += 1
+            if count[0] == times:
+                seen.callback(event)
+
+    globalLogPublisher.addObserver(watch)
+    testcase.addCleanup(globalLogPublisher.removeObserver, watch)
+    return seen
+
+
 class MessageLog:
     """Keeps the INDI messages a test peer received, and lets a test wait for one."""
 

@@ -309,17 +309,22 @@ class SnoopTests(InteropTestCase):
 
 class CrashTests(InteropTestCase):
     @defer.inlineCallbacks
-    def test_ccd_crash_restarts(self):
-        """indi_simulator_ccd crashed on demand is announced gone, restarted, and defined again."""
-        server = yield self.indiserv("indi_simulator_ccd")
-        client = yield self.client_of(server)
-        yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+    def crash_ccd(self, client):
+        """Connect indi_simulator_ccd through C{client}, then make it crash."""
         client.say(connect(CCD))
         yield client.wait_for(lambda m: m.tag.startswith("def") and m.name == "CCD_SIMULATE_CRASH")
         client.say(
             b"<newSwitchVector device='CCD Simulator' name='CCD_SIMULATE_CRASH'>"
             b"<oneSwitch name='CRASH'>On</oneSwitch></newSwitchVector>"
         )
+
+    @defer.inlineCallbacks
+    def test_ccd_crash_restarts(self):
+        """indi_simulator_ccd crashed on demand is announced gone, restarted, and defined again."""
+        server = yield self.indiserv("indi_simulator_ccd")
+        client = yield self.client_of(server)
+        yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        yield self.crash_ccd(client)
         deleted = yield client.wait_for(lambda m: m.tag == "delProperty" and m.name is None)
         self.assertEqual(deleted.device, CCD)
         said = yield client.wait_for(
@@ -330,7 +335,6 @@ class CrashTests(InteropTestCase):
         yield client.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
         self.assertEqual(server.router.owners[CCD].name, "indi_simulator_ccd")
 
-
     @defer.inlineCallbacks
     def test_client_cannot_take_a_restarting_drivers_device(self):
         """While the CCD restarts, a client's fake definitions of it reach nobody, and the real driver gets it back and obeys."""
@@ -338,12 +342,7 @@ class CrashTests(InteropTestCase):
         honest = yield self.client_of(server)
         attacker = yield self.client_of(server)
         yield honest.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
-        honest.say(connect(CCD))
-        yield honest.wait_for(lambda m: m.tag.startswith("def") and m.name == "CCD_SIMULATE_CRASH")
-        honest.say(
-            b"<newSwitchVector device='CCD Simulator' name='CCD_SIMULATE_CRASH'>"
-            b"<oneSwitch name='CRASH'>On</oneSwitch></newSwitchVector>"
-        )
+        yield self.crash_ccd(honest)
         yield honest.wait_for(lambda m: m.tag == "message" and "restarting" in m.attrs.get("message", ""))
         honest.take()
         attacker.say(

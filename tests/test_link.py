@@ -23,7 +23,7 @@ from indiserv.router import Router
 from indiserv.service import IndiServer
 from indiserv.wire import Parser
 
-from .support import RecordingLink, connect_client
+from .support import RecordingLink, connect_client, logged
 from .test_driver import FakeProcess
 
 KiB = 1024
@@ -369,22 +369,28 @@ class RealSlowClientTests(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def test_stuck_client_cut_fast_client_served(self):
-        """While a driver streams BLOBs, a client that stops reading is cut off and the reading one gets every frame."""
-        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+    def camera_and_two_clients(self):
+        """A server streaming 100 BLOBs of 256 KiB when told, and two clients of it."""
         server = IndiServer(host="127.0.0.1", port=0)
-        # Well above one read from the driver, well below what the stuck
+        # Well above one read from the driver, well below what a stuck
         # client's socket buffers and queue could hide.
         server.router.max_queue = 8 * 1024 * KiB
         server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "100", "--size", str(256 * KiB))
         server.startService()
         self.addCleanup(server.stopService)
         yield server.listening
-        slow, fast = yield defer.gatherResults(
+        clients = yield defer.gatherResults(
             [connect_client(server.port), connect_client(server.port)]
         )
-        self.addCleanup(slow.transport.loseConnection)
-        self.addCleanup(fast.transport.loseConnection)
+        for client in clients:
+            self.addCleanup(client.transport.loseConnection)
+        return (server, *clients)
+
+    @defer.inlineCallbacks
+    def test_stuck_client_cut_fast_client_served(self):
+        """While a driver streams BLOBs, a client that stops reading is cut off and the reading one gets every frame."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server, slow, fast = yield self.camera_and_two_clients()
         for client in (slow, fast):
             client.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
             yield client.wait_for(lambda m: m.name == "START")
@@ -401,17 +407,7 @@ class RealSlowClientTests(TestCase):
     @defer.inlineCallbacks
     def test_stuck_blob_client_does_not_stall_others(self):
         """A client that takes BLOBs and stops reading does not hold a camera back from a client that takes none: it is cut off."""
-        server = IndiServer(host="127.0.0.1", port=0)
-        server.router.max_queue = 8 * 1024 * KiB
-        server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "100", "--size", str(256 * KiB))
-        server.startService()
-        self.addCleanup(server.stopService)
-        yield server.listening
-        stuck, honest = yield defer.gatherResults(
-            [connect_client(server.port), connect_client(server.port)]
-        )
-        self.addCleanup(stuck.transport.loseConnection)
-        self.addCleanup(honest.transport.loseConnection)
+        server, stuck, honest = yield self.camera_and_two_clients()
         stuck.say(b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>")
         honest.say(b"<getProperties version='1.7'/>")
         for client in (stuck, honest):
@@ -426,14 +422,7 @@ class RealSlowClientTests(TestCase):
     @defer.inlineCallbacks
     def test_only_client_stuck_driver_paused(self):
         """With its only receiver stuck, a driver is paused (memory stays bounded) and resumes when it reads."""
-        paused = defer.Deferred()
-
-        def watch(event):
-            if "pausing" in event.get("log_format", "") and not paused.called:
-                paused.callback(event)
-
-        globalLogPublisher.addObserver(watch)
-        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        paused = logged(self, "pausing")
         server = IndiServer(host="127.0.0.1", port=0)
         server.router.high_water = 1024 * KiB
         server.add_exdriver(sys.executable, BLOB_DRIVER, "--blobs", "60", "--size", str(256 * KiB))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import globalLogPublisher
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -18,7 +17,7 @@ from indiserv.remote import RemoteProtocol, RemoteService, parse_remote
 from indiserv.router import Router
 from indiserv.wire import Parser
 
-from .support import client_of, serve
+from .support import client_of, logged, serve
 from .test_link import BLOB_DRIVER
 
 SIMULATOR = "indiserv Simulator"
@@ -154,14 +153,7 @@ class TwoServerTests(TwoServerTestCase):
         client_of_a.say(b"<getProperties version='1.7'/>")
         yield client_of_a.wait_for(lambda m: m.device == "Upper" and m.name == "START")
         yield client_of_a.wait_for(lambda m: m.device == SIMULATOR and m.name == "CONNECTION")
-        refused = defer.Deferred()
-
-        def watch(event):
-            if "sends device traffic" in event.get("log_format", "") and not refused.called:
-                refused.callback(None)
-
-        globalLogPublisher.addObserver(watch)
-        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        refused = logged(self, "sends device traffic")
         client_of_b = yield self.client_of(b)
         client_of_b.say(b"<getProperties version='1.7'/>")
         yield client_of_b.wait_for(lambda m: m.device == "Upper" and m.name == "START")

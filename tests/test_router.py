@@ -398,6 +398,7 @@ class VerbosityTests(SynchronousTestCase):
         self.assertFalse([line for line in lines if "QUJD" in line])
 
 
+MOUNT_DEF = TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'")
 FAKE_DEF = (
     b"<defNumberVector device='Fake Mount' name='EQ' perm='rw' state='Idle'>"
     b"<defNumber name='RA'>1</defNumber></defNumberVector>"
@@ -450,38 +451,36 @@ class UntrustedClientTests(RouterTestCase):
         self.assertEqual(self.bob.tags() + self.alice.tags(), [])
         self.assertNotIn("Far Scope", self.router.owners)
 
+    def mount_driver(self, claim: object) -> RecordingLink:
+        """A driver of device Mount, run by C{claim} (its service)."""
+        mount = RecordingLink(DRIVER, "driver mount")
+        mount.claim = claim
+        self.router.add_link(mount)
+        mount.say(MOUNT_DEF)
+        return mount
+
     def test_restarting_driver_keeps_its_devices(self) -> None:
         """While a driver restarts its devices stay reserved: clients cannot feed snoopers, other links cannot take them."""
         claim = object()
-        first = RecordingLink(DRIVER, "driver mount")
-        first.claim = claim
-        self.router.add_link(first)
-        first.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        first = self.mount_driver(claim)
         self.ccd.say(b"<getProperties version='1.7' device='Mount'/>")
         self.router.remove_link(first)
         self.ccd.take()
         self.alice.say(TELESCOPE_SET.replace(b"'Telescope'", b"'Mount'"))
         self.assertEqual(self.ccd.tags(), [])
         intruder = self.attach(DRIVER, "driver intruder")
-        intruder.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        intruder.say(MOUNT_DEF)
         self.assertNotIn("Mount", self.router.owners)
-        again = RecordingLink(DRIVER, "driver mount")
-        again.claim = claim
-        self.router.add_link(again)
-        again.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        again = self.mount_driver(claim)
         self.assertIs(self.router.owners["Mount"], again)
 
     def test_released_devices_free(self) -> None:
         """Once a restarting driver gives up, its devices may be served by another."""
         claim = object()
-        first = RecordingLink(DRIVER, "driver mount")
-        first.claim = claim
-        self.router.add_link(first)
-        first.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
-        self.router.remove_link(first)
+        self.router.remove_link(self.mount_driver(claim))
         self.router.release(claim)
         other = self.attach(DRIVER, "driver other")
-        other.say(TELESCOPE_DEF.replace(b"'Telescope'", b"'Mount'"))
+        other.say(MOUNT_DEF)
         self.assertIs(self.router.owners["Mount"], other)
 
 

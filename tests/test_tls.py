@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from indiserv.remote import RemoteService
 from indiserv.service import tls_options
 
-from .support import client_of, connect_client, logged_text, serve
+from .support import client_of, connect_client, logged, logged_text, serve
 
 SIMULATOR = "indiserv Simulator"
 
@@ -129,18 +129,7 @@ class TLSTests(TestCase):
 
     def handshake_failure(self, times: int = 1) -> defer.Deferred[dict]:
         """Fires when a remote link has logged C{times} failed TLS handshakes."""
-        failed: defer.Deferred[dict] = defer.Deferred()
-        seen = []
-
-        def watch(event: dict) -> None:
-            if "TLS handshake" in event.get("log_format", "") and not failed.called:
-                seen.append(event)
-                if len(seen) == times:
-                    failed.callback(event)
-
-        globalLogPublisher.addObserver(watch)
-        self.addCleanup(globalLogPublisher.removeObserver, watch)
-        return failed
+        return logged(self, "TLS handshake", times)
 
     @defer.inlineCallbacks
     def test_verified_link(self):
