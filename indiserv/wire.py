@@ -76,7 +76,9 @@ _NAME_START = re.compile(rb"[A-Za-z_:]")
 _TAG_DELIMITER = re.compile(rb"[>\"']")
 # Whitespace allowed between an end tag's name and its ">".
 _MAX_END_TAG_SPACE = 1024
-_END_OF_END_TAG = re.compile(rb"[ \t\r\n]*>")
+# How much of an end tag's name a search looks for; the rest is compared
+# as it arrives.
+_END_TAG_PREFIX = 64
 # Where a driver's stream is picked up again after bad input: the start of
 # an element that can begin an INDI message, or a declaration.
 _RESYNC = re.compile(
@@ -328,6 +330,11 @@ class Parser:
         # checked for unfinished tags, and where such a tag opened.
         self._end_tag: bytes | None = None
         self._search_from = 0
+        # A place where the end tag may begin (or -1): how many of its bytes
+        # matched so far, and how far the whitespace after its name goes.
+        self._candidate = -1
+        self._matched = 0
+        self._space_from = 0
         self._checked_to = 0
         self._open_tag: int | None = None
 
@@ -472,6 +479,7 @@ class Parser:
             return True
         self._end_tag = b"</" + start_tag.group(1)
         self._search_from = self._checked_to = end
+        self._candidate = -1
         self._open_tag = None
         return True
 
@@ -528,30 +536,56 @@ class Parser:
         return True
 
     def _read_to_end(self, messages: list[Message]) -> bool:
-        """Look for the end tag of the element being read."""
+        """
+        Look for the end tag of the element being read, resuming where the
+        last look stopped: a candidate whose name is still arriving is
+        compared only in its new bytes, so even a name of megabytes costs
+        each read no more than what it brought.
+        """
         buffer = self._buffer
         end_tag = self._end_tag
         assert end_tag is not None
         while True:
-            found = buffer.find(end_tag, self._search_from)
+            found = self._candidate
             if found < 0:
-                self._search_from = max(
-                    self._search_from, len(buffer) - len(end_tag) + 1
-                )
-                return False
-            after = found + len(end_tag)
-            closing = _END_OF_END_TAG.match(buffer, after, after + _MAX_END_TAG_SPACE)
-            if closing is not None:
+                # The name's first bytes are enough to find candidates; they
+                # cannot overlap, since a name holds no "<".
+                prefix = end_tag[:_END_TAG_PREFIX]
+                found = buffer.find(prefix, self._search_from)
+                if found < 0:
+                    self._search_from = max(
+                        self._search_from, len(buffer) - len(prefix) + 1
+                    )
+                    return False
+                self._candidate = found
+                self._matched = len(prefix)
+                self._space_from = found + len(end_tag)
+            matched = self._matched
+            if matched < len(end_tag):
+                arrived = min(len(end_tag), len(buffer) - found)
+                if buffer[found + matched : found + arrived] != end_tag[matched:arrived]:
+                    self._next_candidate(found)
+                    continue
+                self._matched = arrived
+                if arrived < len(end_tag):
+                    return False
+            limit = found + len(end_tag) + _MAX_END_TAG_SPACE
+            space = _WHITESPACE.match(buffer, self._space_from, limit).end()
+            if space < limit and space < len(buffer) and buffer[space] == 0x3E:  # ">"
                 self._end_tag = None
-                self._emit(closing.end(), messages)
+                self._emit(space + 1, messages)
                 return True
-            space = _WHITESPACE.match(buffer, after, after + _MAX_END_TAG_SPACE).end()
             if space == len(buffer):
-                self._search_from = found
+                self._space_from = space
                 return False
             # A longer name sharing the prefix, such as </setTextVectorX>, or
             # an end tag padded beyond reason (expat will judge the element).
-            self._search_from = found + 1
+            self._next_candidate(found)
+
+    def _next_candidate(self, rejected: int) -> None:
+        """Look for the end tag again, after a candidate that was not it."""
+        self._candidate = -1
+        self._search_from = rejected + 1
 
     def _check_open_tag(self) -> None:
         """

@@ -15,6 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from indiserv import wire
 from indiserv.wire import ElementTooLarge, Limits, MalformedElement, Parser, WireError
 
+KiB = 1024
+
 # What an indilib driver writes: a declaration before every message.
 STREAM = (
     b"<?xml version='1.0'?>\n"
@@ -350,3 +352,56 @@ class BuilderTests(SynchronousTestCase):
         built = wire.set_vector("Text", "D", "P", {"A": "a\x01b\udc80c"})
         (parsed,) = Parser().feed(built.raw)
         self.assertEqual(ElementTree.fromstring(parsed.raw)[0].text, "abc")
+
+
+class CountingBuffer(bytearray):
+    """A parser buffer that adds up how many bytes its searches may look at."""
+
+    examined = 0
+
+    def find(self, sub, start=0, end=None):  # type: ignore[no-untyped-def, override]
+        stop = len(self) if end is None else min(end, len(self))
+        self.examined += max(0, stop - (start if start >= 0 else len(self) + start))
+        return super().find(sub, start, stop)
+
+    def rfind(self, sub, start=0, end=None):  # type: ignore[no-untyped-def, override]
+        stop = len(self) if end is None else min(end, len(self))
+        self.examined += max(0, stop - (start if start >= 0 else len(self) + start))
+        return super().rfind(sub, start, stop)
+
+
+def counting_parser(limits: Limits = Limits()) -> tuple[Parser, CountingBuffer]:
+    """A parser whose buffer counts the bytes its searches look at."""
+    parser = Parser(limits)
+    buffer = parser._buffer = CountingBuffer()
+    return parser, buffer
+
+
+class BoundedWorkTests(SynchronousTestCase):
+    """However a peer cuts its input, the parser's work follows what it sends."""
+
+    def test_long_name_dribbled_after_its_start_tag(self) -> None:
+        """Bytes dribbled into an element with a long name are each searched once, not with the whole end tag."""
+        name = b"x" * (60 * KiB)
+        parser, buffer = counting_parser(Limits(max_attributes=1))
+        parser.feed(b"<" + name + b">")
+        buffer.examined = 0
+        for _ in range(5000):
+            parser.feed(b"y")
+        # A read costs a look at a few dozen bytes, not the whole end tag or body.
+        self.assertLess(buffer.examined, 5000 * 100)
+        (message,) = parser.feed(b"</" + name + b">")
+        self.assertEqual(message.raw, b"<" + name + b">" + b"y" * 5000 + b"</" + name + b">")
+
+    def test_long_end_tag_name_dribbled(self) -> None:
+        """An end tag with a long name, arriving a byte at a time, costs each byte a bounded look."""
+        name = b"x" * (60 * KiB)
+        end = b"</" + name + b"  >"
+        parser, buffer = counting_parser(Limits(max_attributes=1))
+        parser.feed(b"<" + name + b">")
+        buffer.examined = 0
+        messages = []
+        for offset in range(len(end)):
+            messages += parser.feed(end[offset : offset + 1])
+        self.assertLess(buffer.examined, 100 * len(end))
+        self.assertEqual([m.raw for m in messages], [b"<" + name + b">" + end])
