@@ -5,11 +5,14 @@ few messages the server writes itself.
 INDI is a stream of top-level XML elements with no enclosing document.  The
 L{Parser} frames one element at a time with C-speed primitives
 (C{bytes.find} for the end tag, a regular expression for the start tag),
-then proves the element well-formed with expat before anybody sees it.  The
+and proves the element well-formed with expat before anybody sees it.  The
 bodies of C{oneBLOB} elements are checked by their alphabet instead (base64
 and whitespace), because expat over tens of megabytes of base64 would cost
-more than moving them.  Each L{Message} keeps the exact bytes it arrived as,
-so routing never re-serialises anything.
+more than moving them.  These checks advance as the element's bytes arrive,
+so no read costs more than its own size (bar one tag, which the limits
+bound), and every tag is held to the attribute limits before expat sees
+it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
+re-serialises anything.
 
 Nothing here imports Twisted: this module is pure data handling.
 """
@@ -72,13 +75,18 @@ _START_TAG = re.compile(rb"<(" + _NAME + rb")(?:" + _ATTRIBUTE + rb")*\s*(/?)>")
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 _NAME_START = re.compile(rb"[A-Za-z_:]")
-# What can end a start tag or open a quoted attribute value inside it.
-_TAG_DELIMITER = re.compile(rb"[>\"']")
+# A tag's text up to its ">" or to a quote that has not closed yet.
+_TAG_TEXT = re.compile(rb"[^>\"']*(?:(?:\"[^\"]*\"|'[^']*')[^>\"']*)*")
+_QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
+_TAG_NAME = re.compile(rb"[^ \t\r\n/>]*")
+_REFERENCE = re.compile(rb"&[^;&]*;")
+_UTF8_CONTINUATION = bytes(range(0x80, 0xC0))
 # Whitespace allowed between an end tag's name and its ">".
 _MAX_END_TAG_SPACE = 1024
 # How much of an end tag's name a search looks for; the rest is compared
 # as it arrives.
 _END_TAG_PREFIX = 64
+_END_OF_END_TAG = re.compile(rb"[ \t\r\n]*>")
 # Where a driver's stream is picked up again after bad input: the start of
 # an element that can begin an INDI message, or a declaration.
 _RESYNC = re.compile(
@@ -92,6 +100,13 @@ _BLOB_END = b"</oneBLOB"
 _BASE64_AND_SPACE = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 )
+# Where the BLOB scan of an element is (see _Element).
+_SEEK, _BLOB_TAG, _BODY = range(3)
+# Markup whose first bytes do not yet say which it is.
+_OPENINGS = (b"<!--", b"<![CDATA[")
+_NOT_MARKUP = bytes(sorted(set(range(256)) - set(b"<'\"")))
+# How much of a BLOB body is copied at a time to check its alphabet.
+_PIECE = 1024 * 1024
 
 
 class WireError(Exception):
@@ -165,22 +180,28 @@ class Message:
 
 class _Checker:
     """
-    Proves framed elements well-formed with one long-lived expat parser.
+    Proves elements well-formed with one long-lived expat parser, fed each
+    element's bytes as they arrive.
 
     The parser is primed with a synthetic root element, and each framed
     message is fed to it as that root's next child, so no parser is built
     per message.  After a message, expat must be back at the root with the
     message's element closed; otherwise (a comment or CDATA section left
-    open, say) the message is refused.  After any refusal the parser is
-    rebuilt, since expat cannot go on after an error.
+    open, say) the message is refused.  The first fault found in an element
+    is kept until the element ends, and the parser is rebuilt, since expat
+    cannot go on after an error.
 
     It also reads the message's routing keys and enforces the attribute and
     depth limits on every element.
+
+    @ivar fed: bytes given to expat so far, to show its work follows the input.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self.fed = 0
         self._new_parser()
+        self.begin(False)
 
     def _new_parser(self) -> None:
         parser = expat.ParserCreate("UTF-8")
@@ -194,53 +215,66 @@ class _Checker:
         self._depth = 1
         self._closed = False
 
-    def check(self, raw: bytes, checked: bytes, enable_blob: bool) -> Message:
-        """
-        The L{Message} for C{raw}, after proving C{checked} (C{raw}, or
-        C{raw} with its BLOB bodies cut out) well-formed.
-        """
+    def begin(self, enable_blob: bool) -> None:
+        """Expect a new element; keep its character data if C{enable_blob}."""
+        self.fault: WireError | None = None
         self._attrs: dict[str, str] = {}
         self._tag = ""
         self._blob = self._stream = self._closed = False
-        parser = self._parser
+        self._enable_blob = enable_blob
         if enable_blob:
             self._text: list[str] = []
-            parser.CharacterDataHandler = self._chars
+            self._parser.CharacterDataHandler = self._chars
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Check the next bytes of the element, unless it is already refused."""
+        if self.fault is not None or not data:
+            return
+        self.fed += len(data)
         try:
-            parser.Parse(checked, False)
+            self._parser.Parse(data, False)
         except expat.ExpatError as e:
-            self._new_parser()
-            raise MalformedElement(
+            self.refuse(MalformedElement(
                 f"not well-formed XML ({expat.ErrorString(e.code)})"
-            ) from None
-        except WireError:
-            self._new_parser()
-            raise
-        if self._depth != 1 or not self._closed:
-            self._new_parser()
-            raise MalformedElement(
+            ))
+        except WireError as e:
+            # Its traceback would keep a view of the parser's buffer alive.
+            self.refuse(e.with_traceback(None))
+
+    def refuse(self, fault: WireError) -> None:
+        """Refuse the element (unless it already is) and start afresh."""
+        if self.fault is None:
+            self.fault = fault
+        self._new_parser()
+
+    def finish(self, raw: bytes) -> Message:
+        """
+        The L{Message} for C{raw}, once all of it (bar its BLOB bodies) has
+        been fed.
+
+        @raise WireError: the element's first fault.
+        """
+        if self.fault is None and (self._depth != 1 or not self._closed):
+            self.refuse(MalformedElement(
                 "not well-formed XML (the element does not end where it seems to:"
                 " an unclosed comment, CDATA section or instruction)"
-            )
+            ))
+        if self.fault is not None:
+            raise self.fault
         message = Message(self._tag, self._attrs, raw, self._blob)
         message.stream = self._stream
-        if enable_blob:
-            parser.CharacterDataHandler = None
+        if self._enable_blob:
+            self._parser.CharacterDataHandler = None
             message.text = "".join(self._text).strip()
         return message
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         limits = self.limits
         if len(attrs) > limits.max_attributes:
-            raise MalformedElement(
-                f"<{name}> has {len(attrs)} attributes (limit {limits.max_attributes})"
-            )
+            raise MalformedElement(_too_many_attributes(name, limits))
         for value in attrs.values():
             if len(value) > limits.max_attribute_length:
-                raise MalformedElement(
-                    f"an attribute of <{name}> is longer than"
-                    f" {limits.max_attribute_length} characters"
-                )
+                raise MalformedElement(_attribute_too_long(name, limits))
         depth = self._depth
         if depth == 1:
             if self._closed:
@@ -272,29 +306,92 @@ class _Checker:
         raise MalformedElement("entity declarations are not allowed")
 
 
-def _without_blob_bodies(raw: bytes) -> bytes:
-    """C{raw} with every C{oneBLOB} body removed, after checking each is base64."""
-    parts = []
-    kept = 0
-    position = raw.find(_BLOB_START)
-    while position >= 0:
-        start_tag = _START_TAG.match(raw, position)
-        if start_tag is None:
-            raise MalformedElement("malformed oneBLOB start tag")
-        if start_tag.group(1) != b"oneBLOB" or start_tag.group(2):
-            position = raw.find(_BLOB_START, start_tag.end())
-            continue
-        body_end = raw.find(_BLOB_END, start_tag.end())
-        if body_end < 0:
-            raise MalformedElement("oneBLOB element is not closed")
-        body = raw[start_tag.end() : body_end]
-        if body.translate(None, _BASE64_AND_SPACE):
-            raise MalformedElement("oneBLOB body is not base64")
-        parts.append(raw[kept : start_tag.end()])
-        kept = body_end
-        position = raw.find(_BLOB_START, body_end)
-    parts.append(raw[kept:])
-    return b"".join(parts)
+def _too_many_attributes(name: str, limits: Limits) -> str:
+    limit = limits.max_attributes
+    return f"<{name}> has more than {limit} attributes (limit {limit})"
+
+
+def _attribute_too_long(name: str, limits: Limits) -> str:
+    return (
+        f"an attribute of <{name}> is longer than"
+        f" {limits.max_attribute_length} characters"
+    )
+
+
+def _scan_tag(
+    buffer: bytearray, position: int, quote: bytes | None, end: int
+) -> tuple[int, int, bytes | None]:
+    """
+    Go on scanning a tag, respecting quotes, from C{position} (inside
+    C{quote}, unless None) to no further than C{end}.
+
+    @return: where the tag ends (just past its ">"), or -1; where to go on
+        scanning; the quote open there.
+    """
+    if quote is not None:
+        closing = buffer.find(quote, position, end)
+        if closing < 0:
+            return -1, end, quote
+        position = closing + 1
+    position = _TAG_TEXT.match(buffer, position, end).end()  # type: ignore[union-attr]
+    if position == end:
+        return -1, end, None
+    if buffer[position] == 0x3E:  # ">"
+        return position + 1, position + 1, None
+    return -1, end, bytes(buffer[position : position + 1])
+
+
+def _characters(value: bytes) -> int:
+    """How many characters expat makes of attribute value C{value}, if well-formed."""
+    value = _REFERENCE.sub(b"&", value).translate(None, _UTF8_CONTINUATION)
+    return len(value) - value.count(b"\r\n")
+
+
+def _not_base64(buffer: bytearray, start: int, end: int) -> bool:
+    """Whether C{buffer[start:end]} holds anything but base64 and whitespace."""
+    for piece in range(start, end, _PIECE):
+        if buffer[piece : min(piece + _PIECE, end)].translate(None, _BASE64_AND_SPACE):
+            return True
+    return False
+
+
+class _Element:
+    """
+    What is known so far about the element being read, whose checks
+    advance as its bytes arrive (see L{Parser._advance}).
+    """
+
+    __slots__ = (
+        "fed", "lexed", "opened", "terminator", "resume", "quote", "fault", "fault_at",
+        "blob_state", "blob_at", "blob_resume", "blob_quote", "body_checked",
+        "body_bad", "bodies", "blob_fault",
+    )
+
+    def __init__(self, body: int) -> None:
+        # Given to expat up to here, bar BLOB bodies.
+        self.fed = 0
+        # Tags vetted up to here; the markup open there, if any: where it
+        # opened (-1 for CDATA, which expat may read as it comes), what
+        # ends it (None for a tag), where its scan goes on, the quote open.
+        self.lexed = body
+        self.opened = -1
+        self.terminator: bytes | None = None
+        self.resume = 0
+        self.quote: bytes | None = None
+        # The first tag that breaks the attribute limits, and where it opens.
+        self.fault: WireError | None = None
+        self.fault_at = -1
+        # BLOB bodies: looking for one from blob_at (_SEEK), reading the
+        # start tag at blob_at (_BLOB_TAG), or the body from blob_at (_BODY).
+        self.blob_state = _SEEK
+        self.blob_at = 0
+        self.blob_resume = 0
+        self.blob_quote: bytes | None = None
+        self.body_checked = 0
+        self.body_bad = False
+        # Bodies found whole, which expat is not to see: (start, end).
+        self.bodies: list[tuple[int, int]] = []
+        self.blob_fault: WireError | None = None
 
 
 class Parser:
@@ -337,6 +434,19 @@ class Parser:
         self._space_from = 0
         self._checked_to = 0
         self._open_tag: int | None = None
+        # The checks of the element being read, and what they need to know.
+        self._element: _Element | None = None
+        self._body = 0
+        self._end_prefix = b""
+        self._fewest_for_too_many = 5 * (limits.max_attributes + 1) + 3
+        # More quoted values in a tag than it may have attributes, and a
+        # cheap test for whether any tag could: a "<" followed by more
+        # quotes than that before the next "<" (no "<" may be in a tag),
+        # once all but those characters are dropped.
+        self._too_many = re.compile(
+            rb"[^\"'<]*(?:(?:\"[^\"<]*\"|'[^'<]*')[^\"'<]*){%d}" % (limits.max_attributes + 1)
+        )
+        self._crowded = re.compile(rb"<[\"']{%d}" % (2 * (limits.max_attributes + 1)))
 
     @property
     def pending(self) -> int:
@@ -390,6 +500,7 @@ class Parser:
                 elif not self._read_to_end(messages):
                     if self._end_tag is not None:
                         self._check_open_tag()
+                        self._advance(self._safe_end())
                     break
             if len(buffer) > self.limits.max_element:
                 self._fail(ElementTooLarge(
@@ -406,6 +517,9 @@ class Parser:
         resynchronising moves past it), start resynchronising, and raise.
         """
         del self._buffer[:drop]
+        if self._element is not None:
+            self._element = None
+            self._checker.refuse(error)
         self._end_tag = None
         self._scan_from = 1
         self._scan_quote = None
@@ -458,7 +572,9 @@ class Parser:
                 return self._start_tag_read(start_tag, messages)
         elif self._skip_from:
             return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
-        end = self._scan_start_tag()
+        end, self._scan_from, self._scan_quote = _scan_tag(
+            buffer, self._scan_from, self._scan_quote, len(buffer)
+        )
         if end < 0:
             self._check_length(len(buffer), "start tag")
             return False
@@ -474,43 +590,256 @@ class Parser:
         """Go on from a complete start tag at offset 0."""
         end = start_tag.end()
         self._check_length(end, "start tag")
+        # The element's checks start when its bytes do not all come at
+        # once (see _element_state), or when its start tag is at fault.
+        self._body = end
+        self._element = None
+        if end >= self._fewest_for_too_many or end > self.limits.max_attribute_length:
+            fault = self._attribute_fault(0, end)
+            if fault is not None:
+                element = self._element_state()
+                element.fault = fault
+                element.fault_at = 0
         if start_tag.group(2):
             self._emit(end, messages)
             return True
-        self._end_tag = b"</" + start_tag.group(1)
+        end_tag = self._end_tag = b"</" + start_tag.group(1)
+        self._end_prefix = end_tag[:_END_TAG_PREFIX]
         self._search_from = self._checked_to = end
         self._candidate = -1
         self._open_tag = None
         return True
 
-    def _scan_start_tag(self) -> int:
+    def _attribute_fault(self, start: int, end: int) -> MalformedElement | None:
         """
-        Where the start tag at offset 0 ends (just past its ">"), or -1 if it
-        has not ended yet; quotes are respected, and the scan resumes where
-        the last one stopped.
+        Why the whole start tag at C{start:end} breaks the attribute limits,
+        if it does: found before expat sees it, since expat's work grows with
+        the attributes it is given.  Only tags long enough to break a limit
+        are looked at.
+        """
+        limits = self.limits
+        length = end - start
+        if length < self._fewest_for_too_many and length <= limits.max_attribute_length:
+            return None
+        buffer = self._buffer
+        name = _TAG_NAME.match(buffer, start + 1, end).group().decode(  # type: ignore[union-attr]
+            "utf-8", "replace"
+        )
+        if length >= self._fewest_for_too_many and self._too_many.match(buffer, start + 1, end):
+            return MalformedElement(_too_many_attributes(name, limits))
+        if length > limits.max_attribute_length:
+            for value in _QUOTED.finditer(buffer, start, end):
+                if (
+                    value.end() - value.start() - 2 > limits.max_attribute_length
+                    and _characters(value.group()[1:-1]) > limits.max_attribute_length
+                ):
+                    return MalformedElement(_attribute_too_long(name, limits))
+        return None
+
+    def _safe_end(self) -> int:
+        """Where the element's end tag may begin, at the earliest."""
+        return self._candidate if self._candidate >= 0 else self._search_from
+
+    def _element_state(self) -> _Element:
+        """The checks of the element being read, begun if they were not."""
+        element = self._element
+        if element is None:
+            element = self._element = _Element(self._body)
+            self._checker.begin(self._buffer.startswith(b"<enableBLOB"))
+        return element
+
+    def _advance(self, end: int, final: bool = False) -> None:
+        """
+        Check the element being read up to C{end} (its end, if C{final}):
+        vet its tags, check its BLOB bodies, and give the rest to expat, so
+        that each read costs work in proportion to what it brought, however
+        large the element.
+        """
+        element = self._element_state()
+        if element.blob_fault is not None:
+            return
+        self._scan_blobs(element, end, final)
+        if element.blob_fault is not None:
+            return
+        if element.fault is None:
+            if final and self._plain(element, end):
+                element.lexed = end
+            else:
+                self._lex(element, end)
+        if final:
+            self._give_checker(element, element.fault_at if element.fault else end)
+            if element.fault is not None:
+                self._checker.refuse(element.fault)
+            return
+        if element.fault is not None:
+            upto = element.fault_at
+        elif element.opened >= 0:
+            upto = element.opened
+        elif element.terminator is not None:  # inside CDATA
+            upto = end
+        else:
+            upto = element.lexed
+        if element.blob_state == _BODY:
+            upto = min(upto, element.blob_at)
+        self._give_checker(element, upto)
+
+    def _plain(self, element: _Element, end: int) -> bool:
+        """Whether no tag in the rest of the element can break an attribute limit."""
+        if element.terminator is not None or element.opened >= 0:
+            return False
+        return self._plain_from(element.lexed, end)
+
+    def _plain_from(self, start: int, end: int) -> bool:
+        """Whether no tag in C{start:end} can break an attribute limit."""
+        if end - start < self._fewest_for_too_many:
+            return True
+        if end - start > self.limits.max_attribute_length:
+            return False
+        markup = self._buffer[start:end].translate(None, _NOT_MARKUP)
+        return self._crowded.search(markup) is None
+
+    def _give_checker(self, element: _Element, upto: int) -> None:
+        """Feed expat the element up to C{upto}, bar the BLOB bodies found."""
+        fed = element.fed
+        if upto <= fed:
+            return
+        checker = self._checker
+        with memoryview(self._buffer) as view:
+            bodies = element.bodies
+            while bodies and bodies[0][0] < upto:
+                start, end = bodies.pop(0)
+                checker.feed(view[fed:start])
+                fed = end
+            if fed < upto:
+                checker.feed(view[fed:upto])
+                fed = upto
+        element.fed = fed
+
+    def _lex(self, element: _Element, end: int) -> None:
+        """
+        Find the tags of the element body up to C{end}, and vet each whole
+        start tag against the attribute limits, before expat sees it.
         """
         buffer = self._buffer
-        position = self._scan_from
-        quote = self._scan_quote
+        position = element.lexed
         while True:
-            if quote is not None:
-                closing = buffer.find(quote, position)
-                if closing < 0:
+            terminator = element.terminator
+            if terminator is None and element.opened >= 0:  # a tag
+                done, element.resume, element.quote = _scan_tag(
+                    buffer, element.resume, element.quote, end
+                )
+                if done < 0:
                     break
-                position = closing + 1
-                quote = None
+                fault = self._attribute_fault(element.opened, done)
+                if fault is not None:
+                    element.fault = fault
+                    element.fault_at = element.opened
+                    break
+                position = done
+                element.opened = -1
                 continue
-            found = _TAG_DELIMITER.search(buffer, position)
-            if found is None:
-                position = len(buffer)
+            if terminator is not None:
+                found = buffer.find(terminator, element.resume, end)
+                if found < 0:
+                    element.resume = max(element.resume, end - len(terminator) + 1)
+                    break
+                position = found + len(terminator)
+                element.terminator = None
+                element.opened = -1
+                continue
+            opening = buffer.find(b"<", position, end)
+            reference = buffer.find(b"&", position, end if opening < 0 else opening)
+            if reference >= 0:
+                self._open(element, reference, b";", reference + 1)
+                continue
+            if opening < 0:
+                position = end
                 break
-            position = found.end()
-            if found.group() == b">":
-                return position
-            quote = found.group()
-        self._scan_from = len(buffer)
-        self._scan_quote = quote
-        return -1
+            if end - opening < 9:
+                head = bytes(buffer[opening:end])
+                if any(o.startswith(head) and o != head for o in _OPENINGS):
+                    position = opening
+                    break
+            second = buffer[opening + 1]
+            if second == 0x2F:  # "</"
+                self._open(element, opening, b">", opening + 2)
+            elif second == 0x3F:  # "<?"
+                self._open(element, opening, b"?>", opening + 2)
+            elif second != 0x21:  # a start tag, or what expat will refuse
+                self._open(element, opening, None, opening + 1)
+            elif buffer.startswith(b"<!--", opening):
+                self._open(element, opening, b"-->", opening + 4)
+            elif buffer.startswith(b"<![CDATA[", opening):
+                # expat reads CDATA as it comes, without scanning it again
+                self._open(element, -1, b"]]>", opening + 9)
+            else:  # a declaration, which expat will refuse
+                self._open(element, opening, b">", opening + 2)
+        element.lexed = position
+
+    @staticmethod
+    def _open(element: _Element, at: int, terminator: bytes | None, resume: int) -> None:
+        """Note markup opened at C{at}, ended by C{terminator} (None: a tag)."""
+        element.opened = at
+        element.terminator = terminator
+        element.resume = resume
+        element.quote = None
+
+    def _scan_blobs(self, element: _Element, end: int, final: bool) -> None:
+        """
+        Find the C{oneBLOB} bodies up to C{end} and check each is base64:
+        expat is not to see them, since they are most of a large element.
+        A body that is not base64 decides the element's fate.
+        """
+        buffer = self._buffer
+        while True:
+            state = element.blob_state
+            if state == _SEEK:
+                found = buffer.find(_BLOB_START, element.blob_at, end)
+                if found < 0:
+                    element.blob_at = max(element.blob_at, end - len(_BLOB_START) + 1)
+                    return
+                element.blob_state = _BLOB_TAG
+                element.blob_at = found
+                element.blob_resume = found + 1
+                element.blob_quote = None
+            elif state == _BLOB_TAG:
+                done, element.blob_resume, element.blob_quote = _scan_tag(
+                    buffer, element.blob_resume, element.blob_quote, end
+                )
+                if done < 0:
+                    if final:
+                        element.blob_fault = MalformedElement("malformed oneBLOB start tag")
+                    return
+                start_tag = _START_TAG.match(buffer, element.blob_at, done)
+                if start_tag is None or start_tag.end() != done:
+                    element.blob_fault = MalformedElement("malformed oneBLOB start tag")
+                    return
+                element.blob_at = element.body_checked = done
+                if start_tag.group(1) != b"oneBLOB" or start_tag.group(2):
+                    element.blob_state = _SEEK
+                else:
+                    element.blob_state = _BODY
+                    element.blob_resume = done
+                    element.body_bad = False
+            else:
+                found = buffer.find(_BLOB_END, element.blob_resume, end)
+                checked = found if found >= 0 else end if final else max(
+                    element.blob_resume, end - len(_BLOB_END) + 1
+                )
+                if not element.body_bad and checked > element.body_checked:
+                    element.body_bad = _not_base64(buffer, element.body_checked, checked)
+                    element.body_checked = checked
+                if found < 0:
+                    if final:
+                        element.blob_fault = MalformedElement("oneBLOB element is not closed")
+                    element.blob_resume = checked
+                    return
+                if element.body_bad:
+                    element.blob_fault = MalformedElement("oneBLOB body is not base64")
+                    return
+                element.bodies.append((element.blob_at, found))
+                element.blob_state = _SEEK
+                element.blob_at = found
 
     def _check_length(self, length: int, what: str) -> None:
         """
@@ -550,13 +879,21 @@ class Parser:
             if found < 0:
                 # The name's first bytes are enough to find candidates; they
                 # cannot overlap, since a name holds no "<".
-                prefix = end_tag[:_END_TAG_PREFIX]
+                prefix = self._end_prefix
                 found = buffer.find(prefix, self._search_from)
                 if found < 0:
                     self._search_from = max(
                         self._search_from, len(buffer) - len(prefix) + 1
                     )
                     return False
+                if prefix is end_tag or len(prefix) == len(end_tag):
+                    # The usual case: the whole end tag is here.
+                    after = found + len(end_tag)
+                    closing = _END_OF_END_TAG.match(buffer, after, after + _MAX_END_TAG_SPACE)
+                    if closing is not None:
+                        self._end_tag = None
+                        self._emit(closing.end(), messages)
+                        return True
                 self._candidate = found
                 self._matched = len(prefix)
                 self._space_from = found + len(end_tag)
@@ -614,17 +951,38 @@ class Parser:
             ))
 
     def _emit(self, end: int, messages: list[Message]) -> None:
+        """Finish the element that ends at C{end}: the message, or its first fault."""
         if end > self.limits.max_element:
             self._fail(
                 ElementTooLarge(f"element larger than {self.limits.max_element} bytes")
             )
-        raw = bytes(self._buffer[:end])
-        del self._buffer[:end]
+        buffer = self._buffer
         self._search_from = 0
-        checked = _without_blob_bodies(raw) if _BLOB_START in raw else raw
-        messages.append(
-            self._checker.check(raw, checked, raw.startswith(b"<enableBLOB"))
-        )
+        if (
+            self._element is None
+            and buffer.find(_BLOB_START, 0, end) < 0
+            and self._plain_from(self._body, end)
+        ):
+            # The usual case: a small element, read at once, with no BLOB.
+            raw = bytes(buffer[:end])
+            del buffer[:end]
+            checker = self._checker
+            checker.begin(raw.startswith(b"<enableBLOB"))
+            checker.feed(raw)
+            messages.append(checker.finish(raw))
+            return
+        element = self._element_state()
+        self._advance(end, final=True)
+        self._element = None
+        if element.blob_fault is not None:
+            del buffer[:end]
+            self._checker.refuse(element.blob_fault)
+            raise element.blob_fault
+        # One copy: bytes(buffer[:end]) would make two.
+        with memoryview(buffer) as view:
+            raw = bytes(view[:end])
+        del buffer[:end]
+        messages.append(self._checker.finish(raw))
 
 
 def timestamp(when: datetime | None = None) -> str:
