@@ -459,9 +459,14 @@ class Parser:
         # More quoted values in a tag than it may have attributes, and a
         # cheap test for whether any tag could: a "<" followed by more
         # quotes than that before the next "<" (no "<" may be in a tag),
-        # once all but those characters are dropped.
+        # both once all but those characters are dropped.
         self._too_many = re.compile(
-            rb"[^\"'<]*(?:(?:\"[^\"<]*\"|'[^'<]*')[^\"'<]*){%d}" % (limits.max_attributes + 1)
+            rb"(?:\"[^\"<]*\"|'[^'<]*'){%d}" % (limits.max_attributes + 1)
+        )
+        # A start tag whose attributes are within the limit, whose regular
+        # expression costs in proportion to the limit, not the attributes.
+        self._start_tag = re.compile(
+            rb"<(" + _NAME + rb")(?:" + _ATTRIBUTE + rb"){0,%d}\s*(/?)>" % limits.max_attributes
         )
         self._crowded = re.compile(rb"<[\"']{%d}" % (2 * (limits.max_attributes + 1)))
 
@@ -585,9 +590,11 @@ class Parser:
                 ))
             if not _NAME_START.match(buffer, 1):
                 self._fail(MalformedElement("malformed start tag"))
-            start_tag = _START_TAG.match(buffer)
+            start_tag = self._start_tag.match(buffer)
             if start_tag is not None:  # the usual case: the whole tag is here
-                return self._start_tag_read(start_tag, messages)
+                return self._start_tag_read(
+                    start_tag.group(1), bool(start_tag.group(2)), start_tag.end(), messages
+                )
         elif self._skip_from:
             return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
         end, self._scan_from, self._scan_quote = _scan_tag(
@@ -599,14 +606,26 @@ class Parser:
         self._check_length(end, "start tag")
         self._scan_from = 1
         self._scan_quote = None
+        markup = self._markup(0, end)
+        if markup is not None:
+            if b"<" in markup:  # which no start tag may hold
+                self._fail(MalformedElement("malformed start tag"))
+            if self._too_many.match(markup):
+                # Refused when the element ends, without a regular
+                # expression over every attribute, which costs like expat.
+                name = _TAG_NAME.match(buffer, 1).group()  # type: ignore[union-attr]
+                return self._start_tag_read(name, buffer[end - 2] == 0x2F, end, messages)
         start_tag = _START_TAG.match(buffer, 0, end)
         if start_tag is None or start_tag.end() != end:
             self._fail(MalformedElement("malformed start tag"))
-        return self._start_tag_read(start_tag, messages)
+        return self._start_tag_read(
+            start_tag.group(1), bool(start_tag.group(2)), end, messages
+        )
 
-    def _start_tag_read(self, start_tag: re.Match[bytes], messages: list[Message]) -> bool:
-        """Go on from a complete start tag at offset 0."""
-        end = start_tag.end()
+    def _start_tag_read(
+        self, name: bytes, empty: bool, end: int, messages: list[Message]
+    ) -> bool:
+        """Go on from a complete start tag at offset 0, of element C{name}, C{empty} or not."""
         self._check_length(end, "start tag")
         # The element's checks start when its bytes do not all come at
         # once (see _element_state), or when its start tag is at fault.
@@ -618,10 +637,10 @@ class Parser:
                 element = self._element_state()
                 element.fault = fault
                 element.fault_at = 0
-        if start_tag.group(2):
+        if empty:
             self._emit(end, messages)
             return True
-        end_tag = self._end_tag = b"</" + start_tag.group(1)
+        end_tag = self._end_tag = b"</" + name
         self._end_prefix = end_tag[:_END_TAG_PREFIX]
         self._search_from = self._checked_to = end
         self._candidate = -1
@@ -639,20 +658,36 @@ class Parser:
         length = end - start
         if length < self._fewest_for_too_many and length <= limits.max_attribute_length:
             return None
-        buffer = self._buffer
-        name = _TAG_NAME.match(buffer, start + 1, end).group().decode(  # type: ignore[union-attr]
-            "utf-8", "replace"
-        )
-        if length >= self._fewest_for_too_many and self._too_many.match(buffer, start + 1, end):
-            return MalformedElement(_too_many_attributes(name, limits))
+        if self._crowded_tag(start, end):
+            return MalformedElement(_too_many_attributes(self._tag_name(start, end), limits))
         if length > limits.max_attribute_length:
-            for value in _QUOTED.finditer(buffer, start, end):
+            for value in _QUOTED.finditer(self._buffer, start, end):
                 if (
                     value.end() - value.start() - 2 > limits.max_attribute_length
                     and _characters(value.group()[1:-1]) > limits.max_attribute_length
                 ):
-                    return MalformedElement(_attribute_too_long(name, limits))
+                    return MalformedElement(_attribute_too_long(self._tag_name(start, end), limits))
         return None
+
+    def _crowded_tag(self, start: int, end: int) -> bool:
+        """
+        Whether the whole tag at C{start:end} has more quoted values than it
+        may have attributes (none with a "<"), counted over its quotes alone
+        so that values of any length cost little.
+        """
+        markup = self._markup(start, end)
+        return markup is not None and bool(self._too_many.match(markup))
+
+    def _markup(self, start: int, end: int) -> bytes | None:
+        """The quotes and "<" of the tag at C{start:end} after its own "<", if it is long enough to have too many attributes."""
+        if end - start < self._fewest_for_too_many:
+            return None
+        return self._buffer[start + 1 : end].translate(None, _NOT_MARKUP)
+
+    def _tag_name(self, start: int, end: int) -> str:
+        """The name of the tag at C{start:end}, for a log."""
+        name = _TAG_NAME.match(self._buffer, start + 1, end).group()  # type: ignore[union-attr]
+        return name.decode("utf-8", "replace")
 
     def _safe_end(self) -> int:
         """Where the element's end tag may begin, at the earliest."""
@@ -828,6 +863,11 @@ class Parser:
                     if final:
                         element.blob_fault = MalformedElement("malformed oneBLOB start tag")
                     return
+                if self._crowded_tag(element.blob_at, done):
+                    # Refused by the tag checks, unless a BLOB fault comes first.
+                    element.blob_state = _SEEK
+                    element.blob_at = done
+                    continue
                 start_tag = _START_TAG.match(buffer, element.blob_at, done)
                 if start_tag is None or start_tag.end() != done:
                     element.blob_fault = MalformedElement("malformed oneBLOB start tag")
