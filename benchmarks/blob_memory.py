@@ -9,7 +9,7 @@ with the message's size N.  indiserver needs about 1.0 N; indiserv's target
 is at most 2 N (the bytes read off the pipe, and the message).
 
     python benchmarks/blob_memory.py                 # indiserv, 250 MB
-    python benchmarks/blob_memory.py --server indiserver --megabytes 100
+    python benchmarks/blob_memory.py --server indiserver --max-queue 1024
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from run import DONE, MiB, START, Server, Watch, available, connect, drain, sett
 _EXPANSION = 4 / 3 * 77 / 76
 
 
-def measure(kind: str, megabytes: int) -> dict[str, float]:
+def measure(kind: str, megabytes: int, max_queue_mb: int = 0) -> dict[str, float]:
     """Idle and peak resident memory of server C{kind} around one BLOB, in MB."""
     size = int(megabytes * 1e6 / _EXPANSION)
     with tempfile.TemporaryDirectory(prefix="indiserv-blob-memory-") as workdir:
-        server = Server(kind, ["--blobs", "1", "--size", str(size), "--no-enclen"], workdir)
+        server = Server(
+            kind, ["--blobs", "1", "--size", str(size), "--no-enclen"], workdir, max_queue_mb
+        )
         try:
             sock = connect(server.port)
             try:
@@ -57,12 +59,15 @@ def main() -> int:
     parser.add_argument("--server", default="indiserv",
                         choices=["indiserv", "indiserver", "indipyserver"])
     parser.add_argument("--megabytes", type=int, default=250, help="size of the BLOB message")
+    parser.add_argument("--max-queue", type=int, default=0,
+                        help="the server's queue limit in MB (indiserver drops a client"
+                             " whose queue passes its default of 128)")
     options = parser.parse_args()
     why = available(options.server)
     if why:
         print(why, file=sys.stderr)
         return 1
-    result = measure(options.server, options.megabytes)
+    result = measure(options.server, options.megabytes, options.max_queue)
     print(options.server, ", ".join(f"{key} {value:.2f}" for key, value in result.items()))
     return 0
 
