@@ -54,8 +54,9 @@ def write_now(writer: Any, data: bytes) -> None:
     and a turn of the loop, which were a fifth of a new*Vector round trip
     (benchmarks/run.py, round_trip).  For a stream of messages, waiting is
     better: the turn writes many together.  A large message is left to
-    Twisted whole, which writes it through views, never copying it; so is
-    anything else (TLS, test transports).
+    Twisted whole, which sends it through views of it (it copies one only
+    to join it to a short remainder of an earlier write); so is anything
+    else (TLS, test transports).
     """
     if (
         len(data) <= WRITE_NOW_LIMIT
