@@ -49,20 +49,29 @@ def queued_cost(raw: bytes) -> int:
     return len(raw) + MESSAGE_OVERHEAD
 
 
+#: The largest message L{write_now} tries to write at once.  The kernel may
+#: take only part of a larger one, and the rest would have to be copied
+#: (Twisted takes only bytes): a second copy of a 250 MB BLOB.
+WRITE_NOW_LIMIT = 64 * 1024
+
+
 def write_now(writer: Any, data: bytes) -> None:
     """
-    Write C{data} to C{writer} at once if nothing is waiting there, and
-    leave only what the kernel did not take to Twisted.
+    Write C{data} to C{writer} at once if nothing is waiting there and it is
+    small, and leave only what the kernel did not take to Twisted.
 
     A Twisted transport writes on the next reactor turn, after asking epoll
     to watch the descriptor and before asking it to stop: three system calls
     and a turn of the loop, which were a fifth of a new*Vector round trip
     (benchmarks/run.py, round_trip).  For a stream of messages, waiting is
-    better: the turn writes many together.  Anything else (TLS, test
-    transports) is written as usual.
+    better: the turn writes many together.  A large message is left to
+    Twisted whole, which sends it through views of it (it copies one only
+    to join it to a short remainder of an earlier write); so is anything
+    else (TLS, test transports).
     """
     if (
-        isinstance(writer, FileDescriptor)
+        len(data) <= WRITE_NOW_LIMIT
+        and isinstance(writer, FileDescriptor)
         and not writer.dataBuffer
         and not writer._tempDataBuffer
         and writer.connected

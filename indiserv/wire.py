@@ -5,11 +5,14 @@ few messages the server writes itself.
 INDI is a stream of top-level XML elements with no enclosing document.  The
 L{Parser} frames one element at a time with C-speed primitives
 (C{bytes.find} for the end tag, a regular expression for the start tag),
-then proves the element well-formed with expat before anybody sees it.  The
+and proves the element well-formed with expat before anybody sees it.  The
 bodies of C{oneBLOB} elements are checked by their alphabet instead (base64
 and whitespace), because expat over tens of megabytes of base64 would cost
-more than moving them.  Each L{Message} keeps the exact bytes it arrived as,
-so routing never re-serialises anything.
+more than moving them.  These checks advance as the element's bytes arrive,
+so no read costs more than its own size (bar one tag, which the limits
+bound), and every tag is held to the attribute limits before expat sees
+it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
+re-serialises anything.
 
 Nothing here imports Twisted: this module is pure data handling.
 """
@@ -72,10 +75,17 @@ _START_TAG = re.compile(rb"<(" + _NAME + rb")(?:" + _ATTRIBUTE + rb")*\s*(/?)>")
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 _NAME_START = re.compile(rb"[A-Za-z_:]")
-# What can end a start tag or open a quoted attribute value inside it.
-_TAG_DELIMITER = re.compile(rb"[>\"']")
+# A tag's text up to its ">" or to a quote that has not closed yet.
+_TAG_TEXT = re.compile(rb"[^>\"']*(?:(?:\"[^\"]*\"|'[^']*')[^>\"']*)*")
+_QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
+_TAG_NAME = re.compile(rb"[^ \t\r\n/>]*")
+_REFERENCE = re.compile(rb"&[^;&]*;")
+_UTF8_CONTINUATION = bytes(range(0x80, 0xC0))
 # Whitespace allowed between an end tag's name and its ">".
 _MAX_END_TAG_SPACE = 1024
+# How much of an end tag's name a search looks for; the rest is compared
+# as it arrives.
+_END_TAG_PREFIX = 64
 _END_OF_END_TAG = re.compile(rb"[ \t\r\n]*>")
 # Where a driver's stream is picked up again after bad input: the start of
 # an element that can begin an INDI message, or a declaration.
@@ -90,6 +100,16 @@ _BLOB_END = b"</oneBLOB"
 _BASE64_AND_SPACE = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
 )
+# Where the BLOB scan of an element is (see _Element).
+_SEEK, _BLOB_TAG, _BODY = range(3)
+# Markup whose first bytes do not yet say which it is.
+_OPENINGS = (b"<!--", b"<![CDATA[")
+_NOT_MARKUP = bytes(sorted(set(range(256)) - set(b"<'\"")))
+# How much of an element may arrive before its checks begin: a small one
+# split between reads is checked whole at its end, which is quicker.
+_CHECKS_FROM = 16 * 1024
+# How much of a BLOB body is copied at a time to check its alphabet.
+_PIECE = 1024 * 1024
 
 
 class WireError(Exception):
@@ -163,22 +183,28 @@ class Message:
 
 class _Checker:
     """
-    Proves framed elements well-formed with one long-lived expat parser.
+    Proves elements well-formed with one long-lived expat parser, fed each
+    element's bytes as they arrive.
 
     The parser is primed with a synthetic root element, and each framed
     message is fed to it as that root's next child, so no parser is built
     per message.  After a message, expat must be back at the root with the
     message's element closed; otherwise (a comment or CDATA section left
-    open, say) the message is refused.  After any refusal the parser is
-    rebuilt, since expat cannot go on after an error.
+    open, say) the message is refused.  The first fault found in an element
+    is kept until the element ends, and the parser is rebuilt, since expat
+    cannot go on after an error.
 
     It also reads the message's routing keys and enforces the attribute and
     depth limits on every element.
+
+    @ivar fed: bytes given to expat so far, to show its work follows the input.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self.fed = 0
         self._new_parser()
+        self.begin(False)
 
     def _new_parser(self) -> None:
         parser = expat.ParserCreate("UTF-8")
@@ -192,53 +218,80 @@ class _Checker:
         self._depth = 1
         self._closed = False
 
-    def check(self, raw: bytes, checked: bytes, enable_blob: bool) -> Message:
-        """
-        The L{Message} for C{raw}, after proving C{checked} (C{raw}, or
-        C{raw} with its BLOB bodies cut out) well-formed.
-        """
+    def begin(self, enable_blob: bool) -> None:
+        """Expect a new element; keep its character data if C{enable_blob}."""
+        self.fault: WireError | None = None
         self._attrs: dict[str, str] = {}
         self._tag = ""
         self._blob = self._stream = self._closed = False
-        parser = self._parser
+        self._enable_blob = enable_blob
         if enable_blob:
             self._text: list[str] = []
-            parser.CharacterDataHandler = self._chars
+            self._parser.CharacterDataHandler = self._chars
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Check the next bytes of the element, unless it is already refused."""
+        if self.fault is not None or not data:
+            return
+        self.fed += len(data)
         try:
-            parser.Parse(checked, False)
+            self._parser.Parse(data, False)
         except expat.ExpatError as e:
-            self._new_parser()
-            raise MalformedElement(
+            self.refuse(MalformedElement(
                 f"not well-formed XML ({expat.ErrorString(e.code)})"
-            ) from None
-        except WireError:
-            self._new_parser()
-            raise
-        if self._depth != 1 or not self._closed:
-            self._new_parser()
-            raise MalformedElement(
+            ))
+        except WireError as e:
+            # Its traceback would keep a view of the parser's buffer alive.
+            self.refuse(e.with_traceback(None))
+
+    def check(self, raw: bytes, enable_blob: bool) -> Message:
+        """The L{Message} for C{raw}, a whole element with no BLOB body (L{begin}, L{feed}, L{finish})."""
+        self.begin(enable_blob)
+        self.fed += len(raw)
+        try:
+            self._parser.Parse(raw, False)
+        except expat.ExpatError as e:
+            self.refuse(MalformedElement(
+                f"not well-formed XML ({expat.ErrorString(e.code)})"
+            ))
+        except WireError as e:
+            self.refuse(e)
+        return self.finish(raw)
+
+    def refuse(self, fault: WireError) -> None:
+        """Refuse the element (unless it already is) and start afresh."""
+        if self.fault is None:
+            self.fault = fault
+        self._new_parser()
+
+    def finish(self, raw: bytes) -> Message:
+        """
+        The L{Message} for C{raw}, once all of it (bar its BLOB bodies) has
+        been fed.
+
+        @raise WireError: the element's first fault.
+        """
+        if self.fault is None and (self._depth != 1 or not self._closed):
+            self.refuse(MalformedElement(
                 "not well-formed XML (the element does not end where it seems to:"
                 " an unclosed comment, CDATA section or instruction)"
-            )
+            ))
+        if self.fault is not None:
+            raise self.fault
         message = Message(self._tag, self._attrs, raw, self._blob)
         message.stream = self._stream
-        if enable_blob:
-            parser.CharacterDataHandler = None
+        if self._enable_blob:
+            self._parser.CharacterDataHandler = None
             message.text = "".join(self._text).strip()
         return message
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         limits = self.limits
         if len(attrs) > limits.max_attributes:
-            raise MalformedElement(
-                f"<{name}> has {len(attrs)} attributes (limit {limits.max_attributes})"
-            )
+            raise MalformedElement(_too_many_attributes(name, limits))
         for value in attrs.values():
             if len(value) > limits.max_attribute_length:
-                raise MalformedElement(
-                    f"an attribute of <{name}> is longer than"
-                    f" {limits.max_attribute_length} characters"
-                )
+                raise MalformedElement(_attribute_too_long(name, limits))
         depth = self._depth
         if depth == 1:
             if self._closed:
@@ -270,29 +323,92 @@ class _Checker:
         raise MalformedElement("entity declarations are not allowed")
 
 
-def _without_blob_bodies(raw: bytes) -> bytes:
-    """C{raw} with every C{oneBLOB} body removed, after checking each is base64."""
-    parts = []
-    kept = 0
-    position = raw.find(_BLOB_START)
-    while position >= 0:
-        start_tag = _START_TAG.match(raw, position)
-        if start_tag is None:
-            raise MalformedElement("malformed oneBLOB start tag")
-        if start_tag.group(1) != b"oneBLOB" or start_tag.group(2):
-            position = raw.find(_BLOB_START, start_tag.end())
-            continue
-        body_end = raw.find(_BLOB_END, start_tag.end())
-        if body_end < 0:
-            raise MalformedElement("oneBLOB element is not closed")
-        body = raw[start_tag.end() : body_end]
-        if body.translate(None, _BASE64_AND_SPACE):
-            raise MalformedElement("oneBLOB body is not base64")
-        parts.append(raw[kept : start_tag.end()])
-        kept = body_end
-        position = raw.find(_BLOB_START, body_end)
-    parts.append(raw[kept:])
-    return b"".join(parts)
+def _too_many_attributes(name: str, limits: Limits) -> str:
+    limit = limits.max_attributes
+    return f"<{name}> has more than {limit} attributes (limit {limit})"
+
+
+def _attribute_too_long(name: str, limits: Limits) -> str:
+    return (
+        f"an attribute of <{name}> is longer than"
+        f" {limits.max_attribute_length} characters"
+    )
+
+
+def _scan_tag(
+    buffer: bytearray, position: int, quote: bytes | None, end: int
+) -> tuple[int, int, bytes | None]:
+    """
+    Go on scanning a tag, respecting quotes, from C{position} (inside
+    C{quote}, unless None) to no further than C{end}.
+
+    @return: where the tag ends (just past its ">"), or -1; where to go on
+        scanning; the quote open there.
+    """
+    if quote is not None:
+        closing = buffer.find(quote, position, end)
+        if closing < 0:
+            return -1, end, quote
+        position = closing + 1
+    position = _TAG_TEXT.match(buffer, position, end).end()  # type: ignore[union-attr]
+    if position == end:
+        return -1, end, None
+    if buffer[position] == 0x3E:  # ">"
+        return position + 1, position + 1, None
+    return -1, end, bytes(buffer[position : position + 1])
+
+
+def _characters(value: bytes) -> int:
+    """How many characters expat makes of attribute value C{value}, if well-formed."""
+    value = _REFERENCE.sub(b"&", value).translate(None, _UTF8_CONTINUATION)
+    return len(value) - value.count(b"\r\n")
+
+
+def _not_base64(buffer: bytearray, start: int, end: int) -> bool:
+    """Whether C{buffer[start:end]} holds anything but base64 and whitespace."""
+    for piece in range(start, end, _PIECE):
+        if buffer[piece : min(piece + _PIECE, end)].translate(None, _BASE64_AND_SPACE):
+            return True
+    return False
+
+
+class _Element:
+    """
+    What is known so far about the element being read, whose checks
+    advance as its bytes arrive (see L{Parser._advance}).
+    """
+
+    __slots__ = (
+        "fed", "lexed", "opened", "terminator", "resume", "quote", "fault", "fault_at",
+        "blob_state", "blob_at", "blob_resume", "blob_quote", "body_checked",
+        "body_bad", "bodies", "blob_fault",
+    )
+
+    def __init__(self, body: int) -> None:
+        # Given to expat up to here, bar BLOB bodies.
+        self.fed = 0
+        # Tags vetted up to here; the markup open there, if any: where it
+        # opened (-1 for CDATA, which expat may read as it comes), what
+        # ends it (None for a tag), where its scan goes on, the quote open.
+        self.lexed = body
+        self.opened = -1
+        self.terminator: bytes | None = None
+        self.resume = 0
+        self.quote: bytes | None = None
+        # The first tag that breaks the attribute limits, and where it opens.
+        self.fault: WireError | None = None
+        self.fault_at = -1
+        # BLOB bodies: looking for one from blob_at (_SEEK), reading the
+        # start tag at blob_at (_BLOB_TAG), or the body from blob_at (_BODY).
+        self.blob_state = _SEEK
+        self.blob_at = 0
+        self.blob_resume = 0
+        self.blob_quote: bytes | None = None
+        self.body_checked = 0
+        self.body_bad = False
+        # Bodies found whole, which expat is not to see: (start, end).
+        self.bodies: list[tuple[int, int]] = []
+        self.blob_fault: WireError | None = None
 
 
 class Parser:
@@ -328,8 +444,31 @@ class Parser:
         # checked for unfinished tags, and where such a tag opened.
         self._end_tag: bytes | None = None
         self._search_from = 0
+        # A place where the end tag may begin (or -1): how many of its bytes
+        # matched so far, and how far the whitespace after its name goes.
+        self._candidate = -1
+        self._matched = 0
+        self._space_from = 0
         self._checked_to = 0
         self._open_tag: int | None = None
+        # The checks of the element being read, and what they need to know.
+        self._element: _Element | None = None
+        self._body = 0
+        self._end_prefix = b""
+        self._fewest_for_too_many = 5 * (limits.max_attributes + 1) + 3
+        # More quoted values in a tag than it may have attributes, and a
+        # cheap test for whether any tag could: a "<" followed by more
+        # quotes than that before the next "<" (no "<" may be in a tag),
+        # both once all but those characters are dropped.
+        self._too_many = re.compile(
+            rb"(?:\"[^\"<]*\"|'[^'<]*'){%d}" % (limits.max_attributes + 1)
+        )
+        # A start tag whose attributes are within the limit, whose regular
+        # expression costs in proportion to the limit, not the attributes.
+        self._start_tag = re.compile(
+            rb"<(" + _NAME + rb")(?:" + _ATTRIBUTE + rb"){0,%d}\s*(/?)>" % limits.max_attributes
+        )
+        self._crowded = re.compile(rb"<[\"']{%d}" % (2 * (limits.max_attributes + 1)))
 
     @property
     def pending(self) -> int:
@@ -383,6 +522,8 @@ class Parser:
                 elif not self._read_to_end(messages):
                     if self._end_tag is not None:
                         self._check_open_tag()
+                        if len(buffer) > _CHECKS_FROM or self._element is not None:
+                            self._advance(self._safe_end())
                     break
             if len(buffer) > self.limits.max_element:
                 self._fail(ElementTooLarge(
@@ -399,6 +540,9 @@ class Parser:
         resynchronising moves past it), start resynchronising, and raise.
         """
         del self._buffer[:drop]
+        if self._element is not None:
+            self._element = None
+            self._checker.refuse(error)
         self._end_tag = None
         self._scan_from = 1
         self._scan_quote = None
@@ -446,63 +590,314 @@ class Parser:
                 ))
             if not _NAME_START.match(buffer, 1):
                 self._fail(MalformedElement("malformed start tag"))
-            start_tag = _START_TAG.match(buffer)
+            start_tag = self._start_tag.match(buffer)
             if start_tag is not None:  # the usual case: the whole tag is here
-                return self._start_tag_read(start_tag, messages)
+                return self._start_tag_read(
+                    start_tag.group(1), bool(start_tag.group(2)), start_tag.end(), messages
+                )
         elif self._skip_from:
             return self._skip_to(b"-->" if buffer[1] == 0x21 else b"?>", 0)
-        end = self._scan_start_tag()
+        end, self._scan_from, self._scan_quote = _scan_tag(
+            buffer, self._scan_from, self._scan_quote, len(buffer)
+        )
         if end < 0:
             self._check_length(len(buffer), "start tag")
             return False
         self._check_length(end, "start tag")
         self._scan_from = 1
         self._scan_quote = None
+        markup = self._markup(0, end)
+        if markup is not None:
+            if b"<" in markup:  # which no start tag may hold
+                self._fail(MalformedElement("malformed start tag"))
+            if self._too_many.match(markup):
+                # Refused when the element ends, without a regular
+                # expression over every attribute, which costs like expat.
+                name = _TAG_NAME.match(buffer, 1).group()  # type: ignore[union-attr]
+                return self._start_tag_read(name, buffer[end - 2] == 0x2F, end, messages)
         start_tag = _START_TAG.match(buffer, 0, end)
         if start_tag is None or start_tag.end() != end:
             self._fail(MalformedElement("malformed start tag"))
-        return self._start_tag_read(start_tag, messages)
+        return self._start_tag_read(
+            start_tag.group(1), bool(start_tag.group(2)), end, messages
+        )
 
-    def _start_tag_read(self, start_tag: re.Match[bytes], messages: list[Message]) -> bool:
-        """Go on from a complete start tag at offset 0."""
-        end = start_tag.end()
+    def _start_tag_read(
+        self, name: bytes, empty: bool, end: int, messages: list[Message]
+    ) -> bool:
+        """Go on from a complete start tag at offset 0, of element C{name}, C{empty} or not."""
         self._check_length(end, "start tag")
-        if start_tag.group(2):
+        # The element's checks start when its bytes do not all come at
+        # once (see _element_state), or when its start tag is at fault.
+        self._body = end
+        self._element = None
+        if end >= self._fewest_for_too_many or end > self.limits.max_attribute_length:
+            fault = self._attribute_fault(0, end)
+            if fault is not None:
+                element = self._element_state()
+                element.fault = fault
+                element.fault_at = 0
+        if empty:
             self._emit(end, messages)
             return True
-        self._end_tag = b"</" + start_tag.group(1)
+        end_tag = self._end_tag = b"</" + name
+        self._end_prefix = end_tag[:_END_TAG_PREFIX]
         self._search_from = self._checked_to = end
+        self._candidate = -1
         self._open_tag = None
         return True
 
-    def _scan_start_tag(self) -> int:
+    def _attribute_fault(self, start: int, end: int) -> MalformedElement | None:
         """
-        Where the start tag at offset 0 ends (just past its ">"), or -1 if it
-        has not ended yet; quotes are respected, and the scan resumes where
-        the last one stopped.
+        Why the whole start tag at C{start:end} breaks the attribute limits,
+        if it does: found before expat sees it, since expat's work grows with
+        the attributes it is given.  Only tags long enough to break a limit
+        are looked at.
+        """
+        limits = self.limits
+        length = end - start
+        if length < self._fewest_for_too_many and length <= limits.max_attribute_length:
+            return None
+        if self._crowded_tag(start, end):
+            return MalformedElement(_too_many_attributes(self._tag_name(start, end), limits))
+        if length > limits.max_attribute_length:
+            for value in _QUOTED.finditer(self._buffer, start, end):
+                if (
+                    value.end() - value.start() - 2 > limits.max_attribute_length
+                    and _characters(value.group()[1:-1]) > limits.max_attribute_length
+                ):
+                    return MalformedElement(_attribute_too_long(self._tag_name(start, end), limits))
+        return None
+
+    def _crowded_tag(self, start: int, end: int) -> bool:
+        """
+        Whether the whole tag at C{start:end} has more quoted values than it
+        may have attributes (none with a "<"), counted over its quotes alone
+        so that values of any length cost little.
+        """
+        markup = self._markup(start, end)
+        return markup is not None and bool(self._too_many.match(markup))
+
+    def _markup(self, start: int, end: int) -> bytes | None:
+        """The quotes and "<" of the tag at C{start:end} after its own "<", if it is long enough to have too many attributes."""
+        if end - start < self._fewest_for_too_many:
+            return None
+        return self._buffer[start + 1 : end].translate(None, _NOT_MARKUP)
+
+    def _tag_name(self, start: int, end: int) -> str:
+        """The name of the tag at C{start:end}, for a log."""
+        name = _TAG_NAME.match(self._buffer, start + 1, end).group()  # type: ignore[union-attr]
+        return name.decode("utf-8", "replace")
+
+    def _safe_end(self) -> int:
+        """Where the element's end tag may begin, at the earliest."""
+        return self._candidate if self._candidate >= 0 else self._search_from
+
+    def _element_state(self) -> _Element:
+        """The checks of the element being read, begun if they were not."""
+        element = self._element
+        if element is None:
+            element = self._element = _Element(self._body)
+            self._checker.begin(self._buffer.startswith(b"<enableBLOB"))
+        return element
+
+    def _advance(self, end: int, final: bool = False) -> None:
+        """
+        Check the element being read up to C{end} (its end, if C{final}):
+        vet its tags, check its BLOB bodies, and give the rest to expat, so
+        that each read costs work in proportion to what it brought, however
+        large the element.
+        """
+        element = self._element_state()
+        if element.blob_fault is not None:
+            return
+        self._scan_blobs(element, end, final)
+        if element.blob_fault is not None:
+            return
+        if element.fault is None:
+            if final and self._plain(element, end):
+                element.lexed = end
+            else:
+                self._lex(element, end)
+        if final:
+            self._give_checker(element, element.fault_at if element.fault else end)
+            if element.fault is not None:
+                self._checker.refuse(element.fault)
+            return
+        if element.fault is not None:
+            upto = element.fault_at
+        elif element.opened >= 0:
+            upto = element.opened
+        elif element.terminator is not None:  # inside CDATA
+            upto = end
+        else:
+            upto = element.lexed
+        if element.blob_state == _BODY:
+            upto = min(upto, element.blob_at)
+        self._give_checker(element, upto)
+
+    def _plain(self, element: _Element, end: int) -> bool:
+        """Whether no tag in the rest of the element can break an attribute limit."""
+        if element.terminator is not None or element.opened >= 0:
+            return False
+        return self._plain_from(element.lexed, end)
+
+    def _plain_from(self, start: int, end: int) -> bool:
+        """Whether no tag in C{start:end} can break an attribute limit."""
+        if end - start < self._fewest_for_too_many:
+            return True
+        if end - start > self.limits.max_attribute_length:
+            return False
+        markup = self._buffer[start:end].translate(None, _NOT_MARKUP)
+        return self._crowded.search(markup) is None
+
+    def _give_checker(self, element: _Element, upto: int) -> None:
+        """Feed expat the element up to C{upto}, bar the BLOB bodies found."""
+        fed = element.fed
+        if upto <= fed:
+            return
+        checker = self._checker
+        with memoryview(self._buffer) as view:
+            bodies = element.bodies
+            while bodies and bodies[0][0] < upto:
+                start, end = bodies.pop(0)
+                checker.feed(view[fed:start])
+                fed = end
+            if fed < upto:
+                checker.feed(view[fed:upto])
+                fed = upto
+        element.fed = fed
+
+    def _lex(self, element: _Element, end: int) -> None:
+        """
+        Find the tags of the element body up to C{end}, and vet each whole
+        start tag against the attribute limits, before expat sees it.
         """
         buffer = self._buffer
-        position = self._scan_from
-        quote = self._scan_quote
+        position = element.lexed
         while True:
-            if quote is not None:
-                closing = buffer.find(quote, position)
-                if closing < 0:
+            terminator = element.terminator
+            if terminator is None and element.opened >= 0:  # a tag
+                done, element.resume, element.quote = _scan_tag(
+                    buffer, element.resume, element.quote, end
+                )
+                if done < 0:
                     break
-                position = closing + 1
-                quote = None
+                fault = self._attribute_fault(element.opened, done)
+                if fault is not None:
+                    element.fault = fault
+                    element.fault_at = element.opened
+                    break
+                position = done
+                element.opened = -1
                 continue
-            found = _TAG_DELIMITER.search(buffer, position)
-            if found is None:
-                position = len(buffer)
+            if terminator is not None:
+                found = buffer.find(terminator, element.resume, end)
+                if found < 0:
+                    element.resume = max(element.resume, end - len(terminator) + 1)
+                    break
+                position = found + len(terminator)
+                element.terminator = None
+                element.opened = -1
+                continue
+            opening = buffer.find(b"<", position, end)
+            reference = buffer.find(b"&", position, end if opening < 0 else opening)
+            if reference >= 0:
+                self._open(element, reference, b";", reference + 1)
+                continue
+            if opening < 0:
+                position = end
                 break
-            position = found.end()
-            if found.group() == b">":
-                return position
-            quote = found.group()
-        self._scan_from = len(buffer)
-        self._scan_quote = quote
-        return -1
+            if end - opening < 9:
+                head = bytes(buffer[opening:end])
+                if any(o.startswith(head) and o != head for o in _OPENINGS):
+                    position = opening
+                    break
+            second = buffer[opening + 1]
+            if second == 0x2F:  # "</"
+                self._open(element, opening, b">", opening + 2)
+            elif second == 0x3F:  # "<?"
+                self._open(element, opening, b"?>", opening + 2)
+            elif second != 0x21:  # a start tag, or what expat will refuse
+                self._open(element, opening, None, opening + 1)
+            elif buffer.startswith(b"<!--", opening):
+                self._open(element, opening, b"-->", opening + 4)
+            elif buffer.startswith(b"<![CDATA[", opening):
+                # expat reads CDATA as it comes, without scanning it again
+                self._open(element, -1, b"]]>", opening + 9)
+            else:  # a declaration, which expat will refuse
+                self._open(element, opening, b">", opening + 2)
+        element.lexed = position
+
+    @staticmethod
+    def _open(element: _Element, at: int, terminator: bytes | None, resume: int) -> None:
+        """Note markup opened at C{at}, ended by C{terminator} (None: a tag)."""
+        element.opened = at
+        element.terminator = terminator
+        element.resume = resume
+        element.quote = None
+
+    def _scan_blobs(self, element: _Element, end: int, final: bool) -> None:
+        """
+        Find the C{oneBLOB} bodies up to C{end} and check each is base64:
+        expat is not to see them, since they are most of a large element.
+        A body that is not base64 decides the element's fate.
+        """
+        buffer = self._buffer
+        while True:
+            state = element.blob_state
+            if state == _SEEK:
+                found = buffer.find(_BLOB_START, element.blob_at, end)
+                if found < 0:
+                    element.blob_at = max(element.blob_at, end - len(_BLOB_START) + 1)
+                    return
+                element.blob_state = _BLOB_TAG
+                element.blob_at = found
+                element.blob_resume = found + 1
+                element.blob_quote = None
+            elif state == _BLOB_TAG:
+                done, element.blob_resume, element.blob_quote = _scan_tag(
+                    buffer, element.blob_resume, element.blob_quote, end
+                )
+                if done < 0:
+                    if final:
+                        element.blob_fault = MalformedElement("malformed oneBLOB start tag")
+                    return
+                if self._crowded_tag(element.blob_at, done):
+                    # Refused by the tag checks, unless a BLOB fault comes first.
+                    element.blob_state = _SEEK
+                    element.blob_at = done
+                    continue
+                start_tag = _START_TAG.match(buffer, element.blob_at, done)
+                if start_tag is None or start_tag.end() != done:
+                    element.blob_fault = MalformedElement("malformed oneBLOB start tag")
+                    return
+                element.blob_at = element.body_checked = done
+                if start_tag.group(1) != b"oneBLOB" or start_tag.group(2):
+                    element.blob_state = _SEEK
+                else:
+                    element.blob_state = _BODY
+                    element.blob_resume = done
+                    element.body_bad = False
+            else:
+                found = buffer.find(_BLOB_END, element.blob_resume, end)
+                checked = found if found >= 0 else end if final else max(
+                    element.blob_resume, end - len(_BLOB_END) + 1
+                )
+                if not element.body_bad and checked > element.body_checked:
+                    element.body_bad = _not_base64(buffer, element.body_checked, checked)
+                    element.body_checked = checked
+                if found < 0:
+                    if final:
+                        element.blob_fault = MalformedElement("oneBLOB element is not closed")
+                    element.blob_resume = checked
+                    return
+                if element.body_bad:
+                    element.blob_fault = MalformedElement("oneBLOB body is not base64")
+                    return
+                element.bodies.append((element.blob_at, found))
+                element.blob_state = _SEEK
+                element.blob_at = found
 
     def _check_length(self, length: int, what: str) -> None:
         """
@@ -528,30 +923,64 @@ class Parser:
         return True
 
     def _read_to_end(self, messages: list[Message]) -> bool:
-        """Look for the end tag of the element being read."""
+        """
+        Look for the end tag of the element being read, resuming where the
+        last look stopped: a candidate whose name is still arriving is
+        compared only in its new bytes, so even a name of megabytes costs
+        each read no more than what it brought.
+        """
         buffer = self._buffer
         end_tag = self._end_tag
         assert end_tag is not None
         while True:
-            found = buffer.find(end_tag, self._search_from)
+            found = self._candidate
             if found < 0:
-                self._search_from = max(
-                    self._search_from, len(buffer) - len(end_tag) + 1
-                )
-                return False
-            after = found + len(end_tag)
-            closing = _END_OF_END_TAG.match(buffer, after, after + _MAX_END_TAG_SPACE)
-            if closing is not None:
+                # The name's first bytes are enough to find candidates; they
+                # cannot overlap, since a name holds no "<".
+                prefix = self._end_prefix
+                found = buffer.find(prefix, self._search_from)
+                if found < 0:
+                    self._search_from = max(
+                        self._search_from, len(buffer) - len(prefix) + 1
+                    )
+                    return False
+                if prefix is end_tag or len(prefix) == len(end_tag):
+                    # The usual case: the whole end tag is here.
+                    after = found + len(end_tag)
+                    closing = _END_OF_END_TAG.match(buffer, after, after + _MAX_END_TAG_SPACE)
+                    if closing is not None:
+                        self._end_tag = None
+                        self._emit(closing.end(), messages)
+                        return True
+                self._candidate = found
+                self._matched = len(prefix)
+                self._space_from = found + len(end_tag)
+            matched = self._matched
+            if matched < len(end_tag):
+                arrived = min(len(end_tag), len(buffer) - found)
+                if buffer[found + matched : found + arrived] != end_tag[matched:arrived]:
+                    self._next_candidate(found)
+                    continue
+                self._matched = arrived
+                if arrived < len(end_tag):
+                    return False
+            limit = found + len(end_tag) + _MAX_END_TAG_SPACE
+            space = _WHITESPACE.match(buffer, self._space_from, limit).end()
+            if space < limit and space < len(buffer) and buffer[space] == 0x3E:  # ">"
                 self._end_tag = None
-                self._emit(closing.end(), messages)
+                self._emit(space + 1, messages)
                 return True
-            space = _WHITESPACE.match(buffer, after, after + _MAX_END_TAG_SPACE).end()
             if space == len(buffer):
-                self._search_from = found
+                self._space_from = space
                 return False
             # A longer name sharing the prefix, such as </setTextVectorX>, or
             # an end tag padded beyond reason (expat will judge the element).
-            self._search_from = found + 1
+            self._next_candidate(found)
+
+    def _next_candidate(self, rejected: int) -> None:
+        """Look for the end tag again, after a candidate that was not it."""
+        self._candidate = -1
+        self._search_from = rejected + 1
 
     def _check_open_tag(self) -> None:
         """
@@ -580,17 +1009,35 @@ class Parser:
             ))
 
     def _emit(self, end: int, messages: list[Message]) -> None:
+        """Finish the element that ends at C{end}: the message, or its first fault."""
         if end > self.limits.max_element:
             self._fail(
                 ElementTooLarge(f"element larger than {self.limits.max_element} bytes")
             )
-        raw = bytes(self._buffer[:end])
-        del self._buffer[:end]
+        buffer = self._buffer
         self._search_from = 0
-        checked = _without_blob_bodies(raw) if _BLOB_START in raw else raw
-        messages.append(
-            self._checker.check(raw, checked, raw.startswith(b"<enableBLOB"))
-        )
+        if (
+            self._element is None
+            and buffer.find(_BLOB_START, 0, end) < 0
+            and (end - self._body < self._fewest_for_too_many or self._plain_from(self._body, end))
+        ):
+            # The usual case: a small element, read at once, with no BLOB.
+            raw = bytes(buffer[:end])
+            del buffer[:end]
+            messages.append(self._checker.check(raw, raw.startswith(b"<enableBLOB")))
+            return
+        element = self._element_state()
+        self._advance(end, final=True)
+        self._element = None
+        if element.blob_fault is not None:
+            del buffer[:end]
+            self._checker.refuse(element.blob_fault)
+            raise element.blob_fault
+        # One copy: bytes(buffer[:end]) would make two.
+        with memoryview(buffer) as view:
+            raw = bytes(view[:end])
+        del buffer[:end]
+        messages.append(self._checker.finish(raw))
 
 
 def timestamp(when: datetime | None = None) -> str:

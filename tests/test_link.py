@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
-from indiserv.link import DRIVER, Link, queued_cost, write_now
+from indiserv.link import DRIVER, WRITE_NOW_LIMIT, Link, queued_cost, write_now
 from indiserv.router import Router
 from indiserv.service import IndiServer
 from indiserv.wire import Parser
@@ -501,9 +501,17 @@ class WriteNowTests(TestCase):
         self.assertEqual(self.transport._tempDataLen, 3 * len(NUMBER))
 
     def test_what_the_kernel_refuses_is_left_to_twisted(self):
-        """A message larger than the socket buffers is partly written now and the rest buffered, in order."""
+        """A message the kernel has no room for is left to Twisted, in order."""
+        while self.transport.writeSomeData(b"x" * (1 << 20)) > 0:
+            pass  # until the kernel's buffers are full
+        data = os.urandom(WRITE_NOW_LIMIT)
+        write_now(self.transport, data)
+        self.assertEqual(b"".join(self.transport._tempDataBuffer), data)
+
+    def test_large_message_left_to_twisted_whole(self):
+        """A message larger than WRITE_NOW_LIMIT goes to Twisted as it is, never copied in part."""
         data = os.urandom(32 << 20)
         write_now(self.transport, data)
-        buffered = b"".join(self.transport._tempDataBuffer)
-        self.assertTrue(0 < len(buffered) < len(data))
-        self.assertEqual(data[-len(buffered):], buffered)
+        self.assertEqual(self.pending_at_peer(), b"")
+        self.assertEqual(len(self.transport._tempDataBuffer), 1)
+        self.assertIs(self.transport._tempDataBuffer[0], data)

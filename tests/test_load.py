@@ -9,12 +9,13 @@ that.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from indiserv import IndiServer
 
@@ -180,3 +181,70 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds, lambda: None)
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory (VmHWM) afresh from now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError as e:
+        raise SkipTest(f"cannot reset the peak resident memory: {e}")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since L{reset_peak_rss}."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+class _Reader(Protocol):
+    """A client that counts what it receives, keeps none of it, and tells when a pattern arrives."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._tail = b""
+        self._pattern: re.Pattern[bytes] | None = None
+        self._seen: defer.Deferred[None] | None = None
+
+    def wait_for(self, pattern: bytes) -> defer.Deferred[None]:
+        self._pattern = re.compile(pattern)
+        self._seen = defer.Deferred()
+        return self._seen
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        window = self._tail + data
+        self._tail = data[-64:]
+        if self._seen is not None and self._pattern.search(window):  # type: ignore[union-attr]
+            seen, self._seen = self._seen, None
+            seen.callback(None)
+
+
+class BlobMemoryTests(LoadTestCase):
+    @defer.inlineCallbacks
+    def test_large_blob_costs_at_most_twice_its_size(self):
+        """A 100 MB BLOB from a driver to a client grows the server's peak memory by under 2.5 times its size (it was 3)."""
+        size = 75 * 1000 * 1000  # about 100 MB as base64
+        server = yield self.start_server(
+            [sys.executable, BLOB_DRIVER, "--blobs", "1", "--size", str(size), "--no-enclen"]
+        )
+        client = _Reader()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), client)
+        self.addCleanup(client.transport.loseConnection)
+        defined = client.wait_for(rb"<defSwitchVector")
+        client.transport.write(
+            b"<getProperties version='1.7'/><enableBLOB device='Bench'>Also</enableBLOB>"
+        )
+        yield defined
+        done = client.wait_for(rb"""message=["']done["']""")
+        reset_peak_rss()
+        idle, before = rss_bytes(), client.received
+        client.transport.write(START)
+        yield done
+        blob = client.received - before
+        self.assertGreater(blob, 100 * 1000 * 1000)
+        self.assertLess(peak_rss_bytes() - idle, 2.5 * blob)

@@ -15,6 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from indiserv import wire
 from indiserv.wire import ElementTooLarge, Limits, MalformedElement, Parser, WireError
 
+KiB = 1024
+MiB = 1024 * KiB
+
 # What an indilib driver writes: a declaration before every message.
 STREAM = (
     b"<?xml version='1.0'?>\n"
@@ -350,3 +353,135 @@ class BuilderTests(SynchronousTestCase):
         built = wire.set_vector("Text", "D", "P", {"A": "a\x01b\udc80c"})
         (parsed,) = Parser().feed(built.raw)
         self.assertEqual(ElementTree.fromstring(parsed.raw)[0].text, "abc")
+
+
+class CountingBuffer(bytearray):
+    """A parser buffer that adds up how many bytes its searches may look at, and its slices copy."""
+
+    examined = 0
+    sliced = 0
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def, override]
+        got = super().__getitem__(key)
+        if isinstance(key, slice):
+            self.sliced += len(got)
+        return got
+
+    def find(self, sub, start=0, end=None):  # type: ignore[no-untyped-def, override]
+        stop = len(self) if end is None else min(end, len(self))
+        self.examined += max(0, stop - (start if start >= 0 else len(self) + start))
+        return super().find(sub, start, stop)
+
+    def rfind(self, sub, start=0, end=None):  # type: ignore[no-untyped-def, override]
+        stop = len(self) if end is None else min(end, len(self))
+        self.examined += max(0, stop - (start if start >= 0 else len(self) + start))
+        return super().rfind(sub, start, stop)
+
+
+def counting_parser(limits: Limits = Limits()) -> tuple[Parser, CountingBuffer]:
+    """A parser whose buffer counts the bytes its searches look at."""
+    parser = Parser(limits)
+    buffer = parser._buffer = CountingBuffer()
+    return parser, buffer
+
+
+class BoundedWorkTests(SynchronousTestCase):
+    """However a peer cuts its input, the parser's work follows what it sends."""
+
+    def test_long_name_dribbled_after_its_start_tag(self) -> None:
+        """Bytes dribbled into an element with a long name are each searched once, not with the whole end tag."""
+        name = b"x" * (60 * KiB)
+        parser, buffer = counting_parser(Limits(max_attributes=1))
+        parser.feed(b"<" + name + b">")
+        buffer.examined = 0
+        for _ in range(5000):
+            parser.feed(b"y")
+        # A read costs a look at a few dozen bytes, not the whole end tag or body.
+        self.assertLess(buffer.examined, 5000 * 100)
+        (message,) = parser.feed(b"</" + name + b">")
+        self.assertEqual(message.raw, b"<" + name + b">" + b"y" * 5000 + b"</" + name + b">")
+
+    def test_long_end_tag_name_dribbled(self) -> None:
+        """An end tag with a long name, arriving a byte at a time, costs each byte a bounded look."""
+        name = b"x" * (60 * KiB)
+        end = b"</" + name + b"  >"
+        parser, buffer = counting_parser(Limits(max_attributes=1))
+        parser.feed(b"<" + name + b">")
+        buffer.examined = 0
+        messages = []
+        for offset in range(len(end)):
+            messages += parser.feed(end[offset : offset + 1])
+        self.assertLess(buffer.examined, 100 * len(end))
+        self.assertEqual([m.raw for m in messages], [b"<" + name + b">" + end])
+
+    def test_many_attributes_refused_before_expat(self) -> None:
+        """A start tag with 10,000 attributes is refused without expat reading it, top-level or child."""
+        many = b"".join(b" a%d='x'" % n for n in range(10_000))
+        for prefix, tag in [
+            (b"", b"<newTextVector" + many + b">"),
+            (b"<newTextVector device='a' name='b'>", b"<oneText" + many + b">"),
+        ]:
+            data = prefix + tag + (b"x</oneText>" if prefix else b"") + b"</newTextVector>"
+            for chunk in (len(data), 4 * KiB):
+                parser = Parser()
+                with self.assertRaises(MalformedElement) as raised:
+                    for start in range(0, len(data), chunk):
+                        parser.feed(data[start : start + chunk])
+                self.assertIn("has more than 64 attributes (limit 64)", raised.exception.reason)
+                self.assertLessEqual(parser._checker.fed, len(prefix))
+
+    def test_long_attribute_value_refused_before_expat(self) -> None:
+        """An attribute value over the limit is refused without expat reading it; one of as many characters in more bytes is not."""
+        limits = Limits(max_attribute_length=1000)
+        long = b"<message device='a' message='" + b"x" * 1001 + b"'/>"
+        parser = Parser(limits)
+        error = self.assertRaises(MalformedElement, parser.feed, long)
+        self.assertIn("longer than 1000 characters", error.reason)
+        self.assertEqual(parser._checker.fed, 0)
+        wide = "\u00e9&amp;\r\n" * 333 + "x"  # 1000 characters in 2998 bytes
+        (message,) = Parser(limits).feed(
+            b"<message device='a' message='" + wide.encode() + b"'/>"
+        )
+        self.assertEqual(len(message.attrs["message"]), 1000)
+
+    def test_large_text_checked_as_it_arrives(self) -> None:
+        """A 4 MB newTextVector read 64 KiB at a time is given to expat a read's worth at a time."""
+        body = b"<oneText name='t'>" + b"lorem ipsum &amp; dolor\n" * (4 * MiB // 24) + b"</oneText>"
+        data = b"<newTextVector device='a' name='b'>" + body + b"</newTextVector>"
+        parser = Parser()
+        messages = []
+        for start in range(0, len(data), 64 * KiB):
+            before = parser._checker.fed
+            messages += parser.feed(data[start : start + 64 * KiB])
+            self.assertLessEqual(parser._checker.fed - before, 64 * KiB + wire._CHECKS_FROM)
+        self.assertEqual([m.raw for m in messages], [data])
+        self.assertEqual(parser._checker.fed, len(data))
+
+    def test_blob_checked_as_it_arrives(self) -> None:
+        """A BLOB read 256 KiB at a time has each read's share of its body checked, and expat never reads the body."""
+        encoded = base64.encodebytes(b"\x00\xff" * (2 * MiB))
+        data = (
+            b"<setBLOBVector device='a' name='b'><oneBLOB name='c' size='4194304'"
+            b" format='.fits'>" + encoded + b"</oneBLOB></setBLOBVector>"
+        )
+        parser, buffer = counting_parser()
+        messages = []
+        for start in range(0, len(data), 256 * KiB):
+            buffer.sliced = 0
+            messages += parser.feed(data[start : start + 256 * KiB])
+            self.assertLessEqual(buffer.sliced, 256 * KiB + 64)
+        self.assertEqual([m.raw for m in messages], [data])
+        self.assertLess(parser._checker.fed, 200)
+
+    def test_bad_blob_body_refused_whatever_the_chunking(self) -> None:
+        """A BLOB body with a bad byte anywhere is refused the same, whole or read in pieces."""
+        encoded = b"QUJD" * (64 * KiB)
+        for bad in (0, 100, len(encoded) - 1):
+            body = encoded[:bad] + b"!" + encoded[bad + 1 :]
+            data = b"<setBLOBVector><oneBLOB>" + body + b"</oneBLOB></setBLOBVector>"
+            for chunk in (len(data), 1000, 64 * KiB):
+                parser = Parser()
+                with self.assertRaises(MalformedElement) as raised:
+                    for start in range(0, len(data), chunk):
+                        parser.feed(data[start : start + chunk])
+                self.assertEqual(raised.exception.reason, "oneBLOB body is not base64")
