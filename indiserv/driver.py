@@ -313,6 +313,9 @@ class DriverService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.device:
+            # Its name is known before the program runs: nobody else's.
+            self.router.reserve(self.device, self)
         self.spawn()
 
     def _debug(self, message: Message) -> bool:

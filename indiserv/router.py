@@ -259,6 +259,15 @@ class Router(Service):
         """The devices C{link} owns, in the order it announced them."""
         return list(self._owned.get(link, ()))
 
+    def reserve(self, device: str, claim: object) -> None:
+        """
+        Keep C{device} for C{claim} (a driver's service) before its program
+        has announced it: a driver started with a device name of its own.
+        """
+        if device not in self.owners and device not in self._reserved:
+            self._reserved[device] = claim
+            self._reservations.setdefault(claim, set()).add(device)
+
     def release(self, claim: object) -> None:
         """A driver that was restarting is not coming back: free its devices."""
         for device in self._reservations.pop(claim, ()):

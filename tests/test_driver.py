@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.driver import DriverNotFound, DriverService, find_driver
-from indiserv.link import CLIENT
+from indiserv.link import CLIENT, DRIVER
 from indiserv.router import Router
 
 from .support import RecordingLink, child_env
@@ -128,11 +128,24 @@ class DriverServiceUnitTests(SynchronousTestCase):
         self.assertIn("indi_no_such_driver", client.received[0].attrs["message"])
         self.assertTrue(any("indi_no_such_driver" in str(e.get("why")) for e in logged))
 
-
     def test_device_from_indidev(self) -> None:
         """device is the INDIDEV the program is given, or None."""
         self.assertIsNone(DriverService(self.router, "sh", env={}).device)
         self.assertEqual(DriverService(self.router, "sh", env={"INDIDEV": "Scope"}).device, "Scope")
+
+    def test_named_device_reserved_from_the_start(self) -> None:
+        """A driver given a device name (INDIDEV) has it kept for it before it runs, and freed when it stops."""
+        service = DriverService(self.router, "sh", ["-c", "cat"], reactor=self.reactor, env={"INDIDEV": "Dome"})
+        other = RecordingLink(DRIVER, "driver other")
+        self.router.add_link(other)
+        service.startService()
+        other.say(b"<message device='Dome' message='mine'/>")
+        self.assertNotIn("Dome", self.router.owners)
+        service.protocol.bytes_received(b"<message device='Dome' message='hi'/>")
+        self.assertIs(self.router.owners["Dome"], service.protocol)
+        service.stopService()
+        other.say(b"<message device='Dome' message='mine now'/>")
+        self.assertIs(self.router.owners["Dome"], other)
 
     def test_devices_and_alive(self) -> None:
         """devices lists what the running program announced; alive holds while it runs or a restart is due."""
