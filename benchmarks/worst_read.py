@@ -41,7 +41,12 @@ def cases(size: int) -> dict[str, bytes]:
     attributes = b"".join(
         b" a%d='%s'" % (n, b"x" * (64 * KiB - 8)) for n in range(64)
     )
+    # Just under the markup limit, so they pass.
+    under = CLIENT_LIMITS.max_markup - 64
+    fifteen = b"".join(b" a%d='%s'" % (n, b"x" * (under // 16 - 16)) for n in range(16))
     return {
+        "comment_under_limit": START + b"<!--" + b">" * (under - 7) + b"-->" + END,
+        "tag_under_limit": START + b"<oneText" + fifteen + b">x</oneText>" + END,
         "comment": START + b"<!--" + fill + b"-->" + END,
         "instruction": START + b"<?pi " + fill + b"?>" + END,
         "cdata": START + b"<oneText name='T'><![CDATA[" + fill + b"]]></oneText>" + END,

@@ -839,6 +839,11 @@ class Parser:
                     opening = end
             reference = buffer.find(b"&", position, opening)
             if reference >= 0:
+                # The usual case, such as "&amp;", without noting it open.
+                ends = buffer.find(b";", reference + 1, end)
+                if 0 <= ends < reference + self._max_markup:
+                    position = ends + 1
+                    continue
                 self._open(element, reference, b";", reference + 1, "an entity reference", self._max_markup)
                 continue
             if opening == end:
