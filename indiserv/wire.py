@@ -9,9 +9,10 @@ and proves the element well-formed with expat before anybody sees it.  The
 bodies of C{oneBLOB} elements are checked by their alphabet instead (base64
 and whitespace), because expat over tens of megabytes of base64 would cost
 more than moving them.  These checks advance as the element's bytes arrive,
-so no read costs more than its own size (bar one tag, which the limits
-bound), and every tag is held to the attribute limits before expat sees
-it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
+so no read costs more than its own size (bar one markup token, which
+expat checks whole and L{Limits.max_markup} bounds: a token growing past
+it is refused while it arrives), and every tag is held to the attribute
+limits before expat sees it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
 re-serialises anything.
 
 Nothing here imports Twisted: this module is pure data handling.
@@ -457,8 +458,7 @@ class Parser:
         # An unfinished comment or processing instruction at offset 0.
         self._skip_from = 0
         # The element being read (always at offset 0 of the buffer), if any:
-        # its end tag, where to look for it next, how far its body has been
-        # checked for unfinished tags, and where such a tag opened.
+        # its end tag, and where to look for it next.
         self._end_tag: bytes | None = None
         self._search_from = 0
         # A place where the end tag may begin (or -1): how many of its bytes
@@ -733,13 +733,13 @@ class Parser:
         element = self._element_state()
         if element.blob_fault is None:
             self._scan_blobs(element, end, final)
-        # Lexed even past a bad BLOB body, so that a markup token too long
-        # is refused at the same byte however the element is cut.
-        if element.fault is None:
-            if final and self._plain(element, end):
-                element.lexed = element.scanned = end
-            else:
-                self._lex(element, end)
+        # Lexed even past a bad BLOB body or a bad tag, so that a markup
+        # token too long is refused at the same byte however the element
+        # is cut.
+        if final and self._plain(element, end):
+            element.lexed = element.scanned = end
+        else:
+            self._lex(element, end)
         if element.blob_fault is not None:
             return
         if final:
@@ -814,11 +814,12 @@ class Parser:
                     break
                 self._token_length(element, done)
                 element.token_at = -1
-                fault = self._attribute_fault(element.opened, done)
-                if fault is not None:
-                    element.fault = fault
-                    element.fault_at = element.opened
-                    break
+                if element.fault is None:
+                    # The first fault decides; lexing goes on for the token limit.
+                    fault = self._attribute_fault(element.opened, done)
+                    if fault is not None:
+                        element.fault = fault
+                        element.fault_at = element.opened
                 position = done
                 element.opened = -1
                 continue
@@ -1058,7 +1059,7 @@ class Parser:
         """
         element = self._element_state()
         limit = self.limits.max_element
-        if element.fault is None and element.scanned < limit:
+        if element.scanned < limit:
             self._lex(element, limit)
 
     def _emit(self, end: int, messages: list[Message]) -> None:

@@ -579,3 +579,18 @@ class MarkupLimitTests(SynchronousTestCase):
             parser = Parser(limits)
             messages = feed_all(parser, [data[i : i + chunk] for i in range(0, len(data), chunk)])
             self.assertEqual([m.raw for m in messages], [data])
+
+    def test_long_markup_after_a_bad_tag(self) -> None:
+        """A message already refused for a tag's attributes still has its long markup refused as it arrives, not held to max_element."""
+        limits = Limits(max_element=16 * MiB, max_attributes=2)
+        parser = Parser(limits)
+        parser.feed(self.START + b"<oneText a='1' b='2' c='3'>x</oneText><!--")
+        with self.assertRaises(ElementTooLarge) as raised:
+            for _ in range(4 * MiB // (64 * KiB)):
+                parser.feed(b">" * (64 * KiB))
+                self.assertLessEqual(parser.pending, limits.max_markup + 100)
+        self.assertIn("a comment inside <newTextVector> is longer than", raised.exception.reason)
+        # Whole, the first fault (the attributes) decides, as before.
+        data = self.START + b"<oneText a='1' b='2' c='3'>x</oneText><!-- -->" + b"</newTextVector>"
+        error = self.assertRaises(MalformedElement, Parser(limits).feed, data)
+        self.assertIn("has more than 2 attributes", error.reason)
