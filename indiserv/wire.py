@@ -12,8 +12,8 @@ more than moving them.  These checks advance as the element's bytes arrive,
 so no read costs more than its own size (bar one markup token, which
 expat checks whole and L{Limits.max_markup} bounds: a token growing past
 it is refused while it arrives), and every tag is held to the attribute
-limits before expat sees it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
-re-serialises anything.
+limits before expat sees it.  Each L{Message} keeps the exact bytes it
+arrived as, so routing never re-serialises anything.
 
 Nothing here imports Twisted: this module is pure data handling.
 """
