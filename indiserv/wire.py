@@ -889,10 +889,10 @@ class Parser:
 
     def _token_length(self, element: _Element, upto: int) -> None:
         """
-        Refuse the markup token open in the element if it reaches past
-        C{upto} (its end, or as far as it has arrived) and so is longer
-        than its bound: the same refusal whether it arrived whole or is
-        still arriving, since it is decided by the token's first bytes.  A
+        Refuse the markup token open in the element if, seen up to C{upto}
+        (its end, or as far as it has arrived), it is longer than its
+        bound: the same refusal whether it arrived whole or is still
+        arriving, since it is decided by the token's first bytes.  A
         token whose first byte too many lies past C{max_element} is left to
         the element limit, which a cut stream meets first.
         """
