@@ -51,7 +51,7 @@ from indiserv.wire import Limits, Message, Parser, WireError  # noqa: E402
 
 #: Small enough that generated streams hit every limit.
 SMALL_LIMITS = Limits(
-    max_element=512, max_attributes=4, max_attribute_length=32, max_depth=3
+    max_element=512, max_attributes=4, max_attribute_length=32, max_depth=3, max_markup=128
 )
 
 TOP_TAGS = [
@@ -279,6 +279,7 @@ def check(data: bytes, cuts: list[int]) -> None:
             max_attributes=SMALL_LIMITS.max_attributes,
             max_attribute_length=max(SMALL_LIMITS.max_attribute_length, len(data)),
             max_depth=SMALL_LIMITS.max_depth,
+            max_markup=len(data) + 1,
         )
         roomy_whole, _ = same_either_way(roomy, data, chunks)
         for limits, events in ((SMALL_LIMITS, whole + split), (roomy, roomy_whole)):

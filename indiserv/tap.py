@@ -183,6 +183,14 @@ class Options(usage.Options):
             int,
         ],
         ["max-depth", None, 8, "Nesting of elements allowed in a message.", int],
+        [
+            "max-markup",
+            None,
+            1024 * 1024,
+            "Bytes allowed in one tag, comment, processing instruction or CDATA"
+            " section (also caps a start tag's attributes; not text between tags).",
+            int,
+        ],
         ["tls-cert", None, None, "Serve INDI over TLS with this PEM certificate file."],
         ["tls-key", None, None, "The PEM private key file of --tls-cert."],
         [
@@ -278,6 +286,7 @@ class Options(usage.Options):
             "max-attributes",
             "max-attribute-length",
             "max-depth",
+            "max-markup",
         ):
             if self[option] <= 0:
                 raise usage.UsageError(f"--{option} must be positive")
@@ -344,6 +353,7 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         "max_attributes": config["max-attributes"],
         "max_attribute_length": config["max-attribute-length"],
         "max_depth": config["max-depth"],
+        "max_markup": config["max-markup"],
     }
     server = IndiServer(
         *(make() for make in config["ipydrivers"]),

@@ -9,10 +9,11 @@ and proves the element well-formed with expat before anybody sees it.  The
 bodies of C{oneBLOB} elements are checked by their alphabet instead (base64
 and whitespace), because expat over tens of megabytes of base64 would cost
 more than moving them.  These checks advance as the element's bytes arrive,
-so no read costs more than its own size (bar one tag, which the limits
-bound), and every tag is held to the attribute limits before expat sees
-it.  Each L{Message} keeps the exact bytes it arrived as, so routing never
-re-serialises anything.
+so no read costs more than its own size (bar one markup token, which
+expat checks whole and L{Limits.max_markup} bounds: a token growing past
+it is refused while it arrives), and every tag is held to the attribute
+limits before expat sees it.  Each L{Message} keeps the exact bytes it
+arrived as, so routing never re-serialises anything.
 
 Nothing here imports Twisted: this module is pure data handling.
 """
@@ -57,17 +58,28 @@ class Limits:
     @ivar max_attributes: attributes on any one element.
     @ivar max_attribute_length: characters of any one attribute value.
     @ivar max_depth: nesting of elements (INDI itself needs 2).
+    @ivar max_markup: bytes of any one markup token inside a message: a
+        tag, comment, processing instruction, CDATA section or entity
+        reference (character data between tags is not bounded by it).
+        expat checks a token only once it is whole, so this bounds what
+        one read can cost.
     """
 
     max_element: int = DEFAULT_MAX_ELEMENT
     max_attributes: int = 64
     max_attribute_length: int = 64 * 1024
     max_depth: int = 8
+    max_markup: int = 1024 * 1024
 
     @property
     def max_start_tag(self) -> int:
-        """The longest start tag these limits allow, with room for names."""
+        """The longest start tag the attribute limits allow, with room for names."""
         return self.max_attributes * (self.max_attribute_length + 256) + 256
+
+    @property
+    def max_tag(self) -> int:
+        """The longest start tag allowed: L{max_start_tag}, capped by L{max_markup}."""
+        return min(self.max_start_tag, self.max_markup)
 
 _NAME = rb"[A-Za-z_:][-A-Za-z0-9_.:]*"
 _ATTRIBUTE = rb"\s+" + _NAME + rb"\s*=\s*(?:\"[^\"<]*\"|'[^'<]*')"
@@ -379,7 +391,8 @@ class _Element:
     """
 
     __slots__ = (
-        "fed", "lexed", "opened", "terminator", "resume", "quote", "fault", "fault_at",
+        "fed", "lexed", "scanned", "opened", "terminator", "resume", "quote",
+        "token_at", "token_what", "token_bound", "fault", "fault_at",
         "blob_state", "blob_at", "blob_resume", "blob_quote", "body_checked",
         "body_bad", "bodies", "blob_fault",
     )
@@ -390,11 +403,16 @@ class _Element:
         # Tags vetted up to here; the markup open there, if any: where it
         # opened (-1 for CDATA, which expat may read as it comes), what
         # ends it (None for a tag), where its scan goes on, the quote open.
-        self.lexed = body
+        self.lexed = self.scanned = body
         self.opened = -1
         self.terminator: bytes | None = None
         self.resume = 0
         self.quote: bytes | None = None
+        # The markup token open (CDATA included), if any: where it opened
+        # (or -1), what it is, for a log, and how long it may be.
+        self.token_at = -1
+        self.token_what = ""
+        self.token_bound = 0
         # The first tag that breaks the attribute limits, and where it opens.
         self.fault: WireError | None = None
         self.fault_at = -1
@@ -440,8 +458,7 @@ class Parser:
         # An unfinished comment or processing instruction at offset 0.
         self._skip_from = 0
         # The element being read (always at offset 0 of the buffer), if any:
-        # its end tag, where to look for it next, how far its body has been
-        # checked for unfinished tags, and where such a tag opened.
+        # its end tag, and where to look for it next.
         self._end_tag: bytes | None = None
         self._search_from = 0
         # A place where the end tag may begin (or -1): how many of its bytes
@@ -449,13 +466,14 @@ class Parser:
         self._candidate = -1
         self._matched = 0
         self._space_from = 0
-        self._checked_to = 0
-        self._open_tag: int | None = None
         # The checks of the element being read, and what they need to know.
         self._element: _Element | None = None
         self._body = 0
         self._end_prefix = b""
         self._fewest_for_too_many = 5 * (limits.max_attributes + 1) + 3
+        # The longest start tag, and the longest of any other markup token.
+        self._max_tag = limits.max_tag
+        self._max_markup = limits.max_markup
         # More quoted values in a tag than it may have attributes, and a
         # cheap test for whether any tag could: a "<" followed by more
         # quotes than that before the next "<" (no "<" may be in a tag),
@@ -520,12 +538,17 @@ class Parser:
                     if not self._read_start(messages):
                         break
                 elif not self._read_to_end(messages):
-                    if self._end_tag is not None:
-                        self._check_open_tag()
-                        if len(buffer) > _CHECKS_FROM or self._element is not None:
-                            self._advance(self._safe_end())
+                    if self._end_tag is not None and (
+                        len(buffer) > _CHECKS_FROM
+                        or self._element is not None
+                        or len(buffer) - self._body > self._max_tag
+                    ):
+                        # The last test: a token inside may be too long.
+                        self._advance(self._safe_end())
                     break
             if len(buffer) > self.limits.max_element:
+                if self._end_tag is not None:
+                    self._too_large()
                 self._fail(ElementTooLarge(
                     f"element larger than {self.limits.max_element} bytes"
                 ))
@@ -642,9 +665,8 @@ class Parser:
             return True
         end_tag = self._end_tag = b"</" + name
         self._end_prefix = end_tag[:_END_TAG_PREFIX]
-        self._search_from = self._checked_to = end
+        self._search_from = end
         self._candidate = -1
-        self._open_tag = None
         return True
 
     def _attribute_fault(self, start: int, end: int) -> MalformedElement | None:
@@ -709,16 +731,17 @@ class Parser:
         large the element.
         """
         element = self._element_state()
+        if element.blob_fault is None:
+            self._scan_blobs(element, end, final)
+        # Lexed even past a bad BLOB body or a bad tag, so that a markup
+        # token too long is refused at the same byte however the element
+        # is cut.
+        if final and self._plain(element, end):
+            element.lexed = element.scanned = end
+        else:
+            self._lex(element, end)
         if element.blob_fault is not None:
             return
-        self._scan_blobs(element, end, final)
-        if element.blob_fault is not None:
-            return
-        if element.fault is None:
-            if final and self._plain(element, end):
-                element.lexed = end
-            else:
-                self._lex(element, end)
         if final:
             self._give_checker(element, element.fault_at if element.fault else end)
             if element.fault is not None:
@@ -743,7 +766,9 @@ class Parser:
         return self._plain_from(element.lexed, end)
 
     def _plain_from(self, start: int, end: int) -> bool:
-        """Whether no tag in C{start:end} can break an attribute limit."""
+        """Whether no tag in C{start:end} can break an attribute limit, or the markup limit."""
+        if end - start > self._max_tag:
+            return False
         if end - start < self._fewest_for_too_many:
             return True
         if end - start > self.limits.max_attribute_length:
@@ -771,10 +796,14 @@ class Parser:
     def _lex(self, element: _Element, end: int) -> None:
         """
         Find the tags of the element body up to C{end}, and vet each whole
-        start tag against the attribute limits, before expat sees it.
+        start tag against the attribute limits, before expat sees it; refuse
+        any markup token longer than the markup limit as soon as it is.
         """
         buffer = self._buffer
         position = element.lexed
+        element.scanned = max(element.scanned, end)
+        # The next "<" from position (found once, not once per reference).
+        opening = -1
         while True:
             terminator = element.terminator
             if terminator is None and element.opened >= 0:  # a tag
@@ -783,11 +812,14 @@ class Parser:
                 )
                 if done < 0:
                     break
-                fault = self._attribute_fault(element.opened, done)
-                if fault is not None:
-                    element.fault = fault
-                    element.fault_at = element.opened
-                    break
+                self._token_length(element, done)
+                element.token_at = -1
+                if element.fault is None:
+                    # The first fault decides; lexing goes on for the token limit.
+                    fault = self._attribute_fault(element.opened, done)
+                    if fault is not None:
+                        element.fault = fault
+                        element.fault_at = element.opened
                 position = done
                 element.opened = -1
                 continue
@@ -797,15 +829,25 @@ class Parser:
                     element.resume = max(element.resume, end - len(terminator) + 1)
                     break
                 position = found + len(terminator)
+                self._token_length(element, position)
+                element.token_at = -1
                 element.terminator = None
                 element.opened = -1
                 continue
-            opening = buffer.find(b"<", position, end)
-            reference = buffer.find(b"&", position, end if opening < 0 else opening)
+            if opening < position:
+                opening = buffer.find(b"<", position, end)
+                if opening < 0:
+                    opening = end
+            reference = buffer.find(b"&", position, opening)
             if reference >= 0:
-                self._open(element, reference, b";", reference + 1)
+                # The usual case, such as "&amp;", without noting it open.
+                ends = buffer.find(b";", reference + 1, end)
+                if 0 <= ends < reference + self._max_markup:
+                    position = ends + 1
+                    continue
+                self._open(element, reference, b";", reference + 1, "an entity reference", self._max_markup)
                 continue
-            if opening < 0:
+            if opening == end:
                 position = end
                 break
             if end - opening < 9:
@@ -814,28 +856,53 @@ class Parser:
                     position = opening
                     break
             second = buffer[opening + 1]
+            markup = self._max_markup
             if second == 0x2F:  # "</"
-                self._open(element, opening, b">", opening + 2)
+                self._open(element, opening, b">", opening + 2, "an end tag", markup)
             elif second == 0x3F:  # "<?"
-                self._open(element, opening, b"?>", opening + 2)
+                self._open(element, opening, b"?>", opening + 2, "a processing instruction", markup)
             elif second != 0x21:  # a start tag, or what expat will refuse
-                self._open(element, opening, None, opening + 1)
+                self._open(element, opening, None, opening + 1, "a tag", self._max_tag)
             elif buffer.startswith(b"<!--", opening):
-                self._open(element, opening, b"-->", opening + 4)
+                self._open(element, opening, b"-->", opening + 4, "a comment", markup)
             elif buffer.startswith(b"<![CDATA[", opening):
                 # expat reads CDATA as it comes, without scanning it again
-                self._open(element, -1, b"]]>", opening + 9)
+                self._open(element, opening, b"]]>", opening + 9, "a CDATA section", markup)
+                element.opened = -1
             else:  # a declaration, which expat will refuse
-                self._open(element, opening, b">", opening + 2)
+                self._open(element, opening, b">", opening + 2, "a declaration", markup)
         element.lexed = position
+        if element.token_at >= 0:
+            self._token_length(element, end)
 
     @staticmethod
-    def _open(element: _Element, at: int, terminator: bytes | None, resume: int) -> None:
-        """Note markup opened at C{at}, ended by C{terminator} (None: a tag)."""
-        element.opened = at
+    def _open(
+        element: _Element, at: int, terminator: bytes | None, resume: int, what: str, bound: int
+    ) -> None:
+        """Note markup C{what} opened at C{at}, ended by C{terminator} (None: a tag), at most C{bound} bytes."""
+        element.opened = element.token_at = at
         element.terminator = terminator
         element.resume = resume
         element.quote = None
+        element.token_what = what
+        element.token_bound = bound
+
+    def _token_length(self, element: _Element, upto: int) -> None:
+        """
+        Refuse the markup token open in the element if, seen up to C{upto}
+        (its end, or as far as it has arrived), it is longer than its
+        bound: the same refusal whether it arrived whole or is still
+        arriving, since it is decided by the token's first bytes.  A
+        token whose first byte too many lies past C{max_element} is left to
+        the element limit, which a cut stream meets first.
+        """
+        at = element.token_at
+        bound = element.token_bound
+        if upto - at > bound and at + bound < self.limits.max_element:
+            name = self._tag_name(0, self._body)
+            self._fail(ElementTooLarge(
+                f"{element.token_what} inside <{name}> is longer than {bound} bytes"
+            ))
 
     def _scan_blobs(self, element: _Element, end: int, final: bool) -> None:
         """
@@ -901,11 +968,12 @@ class Parser:
 
     def _check_length(self, length: int, what: str) -> None:
         """
-        Refuse a tag, comment or instruction longer than the limits allow,
-        the same whether it arrived whole or is still arriving, so that how
-        the stream is cut never changes the outcome.
+        Refuse a start tag, comment or instruction between messages longer
+        than the limits allow, the same whether it arrived whole or is still
+        arriving, so that how the stream is cut never changes the outcome.
         """
-        limit = min(self.limits.max_start_tag, self.limits.max_element)
+        bound = self._max_tag if what == "start tag" else self._max_markup
+        limit = min(bound, self.limits.max_element)
         if length > limit:
             self._fail(ElementTooLarge(f"{what} longer than {limit} bytes"))
 
@@ -982,35 +1050,22 @@ class Parser:
         self._candidate = -1
         self._search_from = rejected + 1
 
-    def _check_open_tag(self) -> None:
+    def _too_large(self) -> None:
         """
-        Refuse a tag inside the element body that stays open longer than a
-        start tag may be, without waiting for the whole element (the body
-        itself, a BLOB, may legitimately be huge).  A ">" inside an attribute
-        value counts as closing here: this bounds honest memory use; the
-        element limit bounds the rest.
+        Before the element being read is refused as larger than
+        C{max_element}, lex its first C{max_element} bytes: a markup token
+        too long within them is refused for that instead, as it is when
+        the element arrives in pieces (see L{_token_length}).
         """
-        buffer = self._buffer
-        new = self._checked_to
-        self._checked_to = len(buffer)
-        opened = buffer.rfind(b"<", new)
-        closed = buffer.rfind(b">", new)
-        if opened > closed:
-            self._open_tag = opened
-        elif closed >= 0:
-            self._open_tag = None
-        if (
-            self._open_tag is not None
-            and len(buffer) - self._open_tag > self.limits.max_start_tag
-        ):
-            self._fail(ElementTooLarge(
-                f"a tag inside <{self._end_tag[2:].decode('utf-8', 'replace')}>"  # type: ignore[index]
-                f" is longer than {self.limits.max_start_tag} bytes"
-            ))
+        element = self._element_state()
+        limit = self.limits.max_element
+        if element.scanned < limit:
+            self._lex(element, limit)
 
     def _emit(self, end: int, messages: list[Message]) -> None:
         """Finish the element that ends at C{end}: the message, or its first fault."""
         if end > self.limits.max_element:
+            self._too_large()
             self._fail(
                 ElementTooLarge(f"element larger than {self.limits.max_element} bytes")
             )
@@ -1019,7 +1074,7 @@ class Parser:
         if (
             self._element is None
             and buffer.find(_BLOB_START, 0, end) < 0
-            and (end - self._body < self._fewest_for_too_many or self._plain_from(self._body, end))
+            and self._plain_from(self._body, end)
         ):
             # The usual case: a small element, read at once, with no BLOB.
             raw = bytes(buffer[:end])

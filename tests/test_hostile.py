@@ -486,6 +486,28 @@ class HostileInputMixin:
         self.assertOthersUnaffected()
 
 
+    def test_huge_markup_not_buffered(self) -> None:
+        """A comment, instruction or CDATA section of megabytes full of '>' is refused once past max_markup, not buffered whole."""
+        for opening, closing, what in [
+            (b"<!--", b"-->", "a comment"),
+            (b"<?pi ", b"?>", "a processing instruction"),
+            (b"<![CDATA[", b"]]>", "a CDATA section"),
+        ]:
+            self.fresh()
+            parser = self.hostile.parser = RecordingParser(self.hostile.limits)
+            bound = self.hostile.limits.max_markup + 64 * KiB
+            self.say(self.vector_start() + b">" + opening)
+            chunk = b"> " * (32 * KiB)
+            for _ in range(2 * MiB // len(chunk)):
+                self.say(chunk)
+                self.assertLessEqual(parser.pending, bound)
+            self.say(closing + SWITCH_ON + b"</" + self.vector_tag + b">")
+            self.assertLessEqual(parser.highest, bound)
+            self.assertEqual(parser.raised[:1], [ElementTooLarge])
+            self.assertEqual(self.forwarded(), [])
+            self.assertRefused(f"{what} inside <{self.vector_tag.decode()}> is longer than")
+            self.assertOthersUnaffected()
+
     def test_too_many_attributes_refused(self) -> None:
         """An element with more attributes than the limit is refused, top-level or child."""
         many = b"".join(b" a%d='%d'" % (n, n) for n in range(100))
@@ -783,7 +805,9 @@ def split_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
     return data, [data[a:b] for a, b in zip(edges, edges[1:])]
 
 
-SMALL_LIMITS = Limits(max_element=256, max_attributes=3, max_attribute_length=16, max_depth=3)
+SMALL_LIMITS = Limits(
+    max_element=256, max_attributes=3, max_attribute_length=16, max_depth=3, max_markup=64
+)
 
 
 def roomy(data: bytes) -> Limits:
@@ -795,6 +819,7 @@ def roomy(data: bytes) -> Limits:
         max_attributes=SMALL_LIMITS.max_attributes,
         max_attribute_length=max(SMALL_LIMITS.max_attribute_length, len(data)),
         max_depth=SMALL_LIMITS.max_depth,
+        max_markup=len(data) + 1,
     )
 
 
@@ -955,7 +980,8 @@ class ParserDefectTests(SynchronousTestCase):
 
     def test_unfinished_comment_linear(self) -> None:
         """An unfinished comment dribbled in small pieces costs time linear in its length."""
-        elapsed = self.dribble(b"<!--", b"y" * KiB, KiB)
+        # Just under the markup limit (1 MiB), past which it is refused.
+        elapsed = self.dribble(b"<!--", b"y" * KiB, KiB - 1)
         self.assertLess(elapsed, 0.1, f"1 MiB in 1 KiB pieces took {elapsed:.2f} s")
 
 

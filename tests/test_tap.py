@@ -166,7 +166,7 @@ class OptionsTests(SynchronousTestCase):
                 "--port", "0", "--max-queue", "32", "--max-stream", "2", "--restarts", "3",
                 "--max-client-message", "1", "--max-driver-message", "100",
                 "--max-attributes", "10", "--max-attribute-length", "100", "--max-depth", "4",
-                "sh",
+                "--max-markup", "4096", "sh",
             )
         )
         self.assertEqual(server.router.max_queue, 32 * 1024 * 1024)
@@ -174,12 +174,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(server.factory.limits.max_element, 1024 * 1024)
         self.assertEqual(
             (server.factory.limits.max_attributes, server.factory.limits.max_attribute_length,
-             server.factory.limits.max_depth),
-            (10, 100, 4),
+             server.factory.limits.max_depth, server.factory.limits.max_markup),
+            (10, 100, 4, 4096),
         )
         (driver,) = [child for child in server if getattr(child, "program", None) == "sh"]
         self.assertEqual(driver.restarts, 3)
         self.assertEqual(driver.limits.max_element, 100 * 1024 * 1024)
+        self.assertEqual(driver.limits.max_markup, 4096)
 
     def test_limit_defaults(self) -> None:
         """Defaults: 128 MB queue, 5 MB stream, 10 restarts, 16 MB client and 300 MB driver messages."""
@@ -195,6 +196,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(UsageError, parse, "--max-queue", "0")
         self.assertRaises(UsageError, parse, "--restarts", "-1")
         self.assertRaises(UsageError, parse, "--max-depth", "0")
+        self.assertRaises(UsageError, parse, "--max-markup", "0")
 
     def test_make_service(self) -> None:
         """makeService builds an IndiServer with the options and one child per driver."""

@@ -485,3 +485,112 @@ class BoundedWorkTests(SynchronousTestCase):
                     for start in range(0, len(data), chunk):
                         parser.feed(data[start : start + chunk])
                 self.assertEqual(raised.exception.reason, "oneBLOB body is not base64")
+
+
+class MarkupLimitTests(SynchronousTestCase):
+    """Every markup token inside a message is bounded by Limits.max_markup; text is not."""
+
+    START = b"<newTextVector device='a' name='b'>"
+    # Each kind of token, opened and closed, inside the message above.
+    KINDS = [
+        ("a comment", b"<!--", b"-->"),
+        ("a processing instruction", b"<?pi ", b"?>"),
+        ("a CDATA section", b"<oneText name='t'><![CDATA[", b"]]></oneText>"),
+        ("a tag", b"<oneText name='t' label='", b"'>x</oneText>"),
+        ("an entity reference", b"<oneText name='t'>&", b";</oneText>"),
+    ]
+
+    def test_long_markup_refused_as_it_arrives(self) -> None:
+        """15 MB of comment, instruction, CDATA, tag or reference, full of '>', is refused by the read that takes it past 1 MiB, never held whole nor given to expat whole."""
+        limits = Limits(max_element=16 * MiB)
+        chunk = b"> " * (32 * KiB)
+        for what, opening, _ in self.KINDS:
+            if what == "an entity reference":
+                chunk = b"a" * (64 * KiB)
+            parser = Parser(limits)
+            parser.feed(self.START + opening)
+            highest = 0
+            with self.assertRaises(ElementTooLarge) as raised:
+                for _ in range(15 * MiB // len(chunk)):
+                    parser.feed(chunk)
+                    highest = max(highest, parser.pending)
+            self.assertEqual(
+                raised.exception.reason,
+                f"{what} inside <newTextVector> is longer than {limits.max_markup} bytes",
+            )
+            # Refused by the read that took it past the limit.
+            self.assertLessEqual(highest, limits.max_markup + len(self.START) + len(opening))
+            # expat never saw the token, bar CDATA, which it reads as it comes.
+            seen = limits.max_markup if what == "a CDATA section" else 0
+            self.assertLessEqual(parser._checker.fed, len(self.START) + len(opening) + seen)
+            self.assertLess(parser.pending, 100)
+
+    def test_limit_whatever_the_chunking(self) -> None:
+        """A token of max_markup bytes passes and one byte more is refused, whole or cut anywhere."""
+        limits = Limits(max_markup=100)
+        for what, opening, closing in self.KINDS:
+            # The token: from its "<" (or "&") to its end, as the lexer counts it.
+            head = opening[opening.rindex(b"<") if what != "an entity reference" else -1 :]
+            tail = closing[: closing.index(b">") + 1] if what != "an entity reference" else b";"
+            for length, refused in ((100, False), (101, True)):
+                token = head + b"x" * (length - len(head) - len(tail)) + tail
+                self.assertEqual(len(token), length)
+                data = self.START + opening + token[len(head) : -len(tail)] + closing + b"</newTextVector>"
+                outcomes = set()
+                for cut in range(len(data) + 1):
+                    parser = Parser(limits)
+                    try:
+                        got = feed_all(parser, [data[:cut], data[cut:]])
+                    except WireError as e:
+                        outcomes.add((type(e).__name__, e.reason))
+                    else:
+                        outcomes.add(tuple(m.raw for m in got))
+                self.assertEqual(len(outcomes), 1, (what, length, outcomes))
+                (outcome,) = outcomes
+                if refused:
+                    self.assertEqual(outcome, (
+                        "ElementTooLarge", f"{what} inside <newTextVector> is longer than 100 bytes"
+                    ))
+                elif what == "an entity reference":  # refused, but not for its length
+                    self.assertEqual(outcome, ("MalformedElement", "not well-formed XML (undefined entity)"))
+                else:
+                    self.assertEqual(outcome, (data,), what)
+
+    def test_start_tag_capped(self) -> None:
+        """A message's own start tag, and comments between messages, are held to max_markup too."""
+        limits = Limits(max_markup=100)
+        self.assertEqual(limits.max_tag, 100)
+        tag = b"<message message='" + b"x" * 200 + b"'/>"
+        for data in (tag, b"<!--" + b"x" * 200 + b"-->"):
+            for chunks in ([data], [data[:50], data[50:]], [data[:150], data[150:]]):
+                error = self.assertRaises(ElementTooLarge, feed_all, Parser(limits), chunks)
+                self.assertIn("longer than 100 bytes", error.reason)
+        # With small attribute limits, a start tag's own bound is smaller.
+        self.assertEqual(Limits(max_attributes=1, max_attribute_length=8).max_tag, 520)
+
+    def test_text_not_bounded(self) -> None:
+        """Text between tags, such as a long oneText value, is not a token: only max_element bounds it."""
+        limits = Limits(max_markup=100)
+        data = (
+            self.START + b"<oneText name='t'>" + b"lorem > ipsum &amp; " * 1000
+            + b"</oneText></newTextVector>"
+        )
+        for chunk in (len(data), 1000):
+            parser = Parser(limits)
+            messages = feed_all(parser, [data[i : i + chunk] for i in range(0, len(data), chunk)])
+            self.assertEqual([m.raw for m in messages], [data])
+
+    def test_long_markup_after_a_bad_tag(self) -> None:
+        """A message already refused for a tag's attributes still has its long markup refused as it arrives, not held to max_element."""
+        limits = Limits(max_element=16 * MiB, max_attributes=2)
+        parser = Parser(limits)
+        parser.feed(self.START + b"<oneText a='1' b='2' c='3'>x</oneText><!--")
+        with self.assertRaises(ElementTooLarge) as raised:
+            for _ in range(4 * MiB // (64 * KiB)):
+                parser.feed(b">" * (64 * KiB))
+                self.assertLessEqual(parser.pending, limits.max_markup + 100)
+        self.assertIn("a comment inside <newTextVector> is longer than", raised.exception.reason)
+        # Whole, the first fault (the attributes) decides, as before.
+        data = self.START + b"<oneText a='1' b='2' c='3'>x</oneText><!-- -->" + b"</newTextVector>"
+        error = self.assertRaises(MalformedElement, Parser(limits).feed, data)
+        self.assertIn("has more than 2 attributes", error.reason)
