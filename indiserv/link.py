@@ -335,6 +335,11 @@ class Link:
             finally:
                 self.router.end_batch()
             return
+        if self._later is None and len(data) <= self.bytes_per_turn:
+            # The usual read: framed whole, its messages routed this turn
+            # unless there are too many of them.
+            self.route_parsed(self.parser.read(data))
+            return
         self._unread.append(memoryview(data))
         if self._later is None:
             self._route_input()
