@@ -118,8 +118,9 @@ class Link:
 
     #: At most this many bytes of one read are framed and routed in one
     #: reactor turn, and at most L{messages_per_turn} messages: the rest
-    #: waits for the next turn, with reading paused, so one peer's flood
-    #: cannot keep every other peer waiting.
+    #: waits for the next turns, so one peer's flood cannot keep every
+    #: other peer waiting.  A read that arrives meanwhile waits too, and
+    #: the peer is not read again until both are done.
     bytes_per_turn = 16 * 1024
     messages_per_turn = 128
 
@@ -150,7 +151,9 @@ class Link:
         self._unread: deque[memoryview] = deque()
         self._reading: Iterator[Message | WireError] | None = None
         self._later: Any = None
+        # Reading is paused: by the router, or while earlier input waits.
         self._held_by_router = False
+        self._holding = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
@@ -312,7 +315,7 @@ class Link:
     def resume_reading(self) -> None:
         """Read from the peer again, unless its earlier input is still being routed."""
         self._held_by_router = False
-        if self.transport is not None and self._later is None:
+        if self.transport is not None and not self._holding:
             self.transport.resumeProducing()
 
     def close(self) -> Deferred[None]:
@@ -335,14 +338,21 @@ class Link:
             finally:
                 self.router.end_batch()
             return
-        if self._later is None and len(data) <= self.bytes_per_turn:
+        if self._later is not None:
+            # Still routing an earlier read: this one waits, and the peer is
+            # not read again until both are done.
+            self._unread.append(memoryview(data))
+            if not self._holding:
+                self._holding = True
+                self.transport.pauseProducing()
+            return
+        if len(data) <= self.bytes_per_turn:
             # The usual read: framed whole, its messages routed this turn
             # unless there are too many of them.
             self.route_parsed(self.parser.read(data))
             return
         self._unread.append(memoryview(data))
-        if self._later is None:
-            self._route_input()
+        self._route_input()
 
     def route_parsed(self, items: Iterator[Message | WireError]) -> None:
         """
@@ -383,19 +393,14 @@ class Link:
         finally:
             router.end_batch()
         if self.router is router and (self._reading is not None or self._unread):
-            if self._later is None and self.transport is not None:
-                self.transport.pauseProducing()
             self._later = router.clock.callLater(0, self._route_more)
 
     def _route_more(self) -> None:
         self._route_input()
-        if (
-            self._later is None
-            and not self._held_by_router
-            and self.router is not None
-            and self.transport is not None
-        ):
-            self.transport.resumeProducing()
+        if self._later is None and self._holding:
+            self._holding = False
+            if not self._held_by_router and self.router is not None:
+                self.transport.resumeProducing()
 
     def _next_slice(self, size: int) -> memoryview:
         """The next C{size} bytes of input at most."""
@@ -433,6 +438,7 @@ class Link:
         if self._later is not None and self._later.active():
             self._later.cancel()
         self._later = None
+        self._holding = False
         self._unread.clear()
         self._reading = None
 

@@ -313,13 +313,16 @@ class InputPacingTests(QueueTestCase):
         return len([m for m in Parser().feed(transport.value()) if m.tag == "pingReply"])
 
     def test_many_messages_over_several_turns(self) -> None:
-        """Past messages_per_turn, the rest of a read waits for the next turn and the peer is not read meanwhile."""
+        """Past messages_per_turn, the rest of a read waits for the next turn; a read arriving meanwhile waits, and the peer is not read until both are done."""
         client, transport = self.connect(blobs=False)
         client.dataReceived(PING * 300)
         self.assertEqual(self.pings_answered(transport), client.messages_per_turn)
+        self.assertEqual(transport.producerState, "producing")
+        client.dataReceived(PING * 10)
+        self.assertEqual(self.pings_answered(transport), client.messages_per_turn)
         self.assertEqual(transport.producerState, "paused")
         self.clock.advance(0)
-        self.assertEqual(self.pings_answered(transport), 300)
+        self.assertEqual(self.pings_answered(transport), 310)
         self.assertEqual(transport.producerState, "producing")
 
     def test_large_read_in_slices(self) -> None:
