@@ -135,7 +135,8 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
 
     def dataReceived(self, data: bytes) -> None:
         if self.router is not None:
-            self.resetTimeout()
+            if self.timeOut is not None:
+                self.resetTimeout()
             self.bytes_received(data)
         elif self.pending:
             self._first_data(data)

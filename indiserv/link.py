@@ -346,13 +346,23 @@ class Link:
                 self._holding = True
                 self.transport.pauseProducing()
             return
-        if len(data) <= self.bytes_per_turn:
-            # The usual read: framed whole, its messages routed this turn
-            # unless there are too many of them.
-            self.route_parsed(self.parser.read(data))
+        if len(data) > self.bytes_per_turn:
+            self._unread.append(memoryview(data))
+            self._route_input()
             return
-        self._unread.append(memoryview(data))
-        self._route_input()
+        # The usual read: framed whole, its messages routed this turn
+        # unless there are too many of them.
+        router = self.router
+        budget = self.messages_per_turn
+        items = self.parser.read(data)
+        router.begin_batch()
+        try:
+            routed = self._route_turn(items, budget)
+        finally:
+            router.end_batch()
+        if routed == budget and self.router is router:
+            self._reading = items
+            self._later = router.clock.callLater(0, self._route_more)
 
     def route_parsed(self, items: Iterator[Message | WireError]) -> None:
         """
