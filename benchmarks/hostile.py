@@ -499,6 +499,16 @@ def exposures(case: Case, honest: Client, seconds: float) -> tuple[int, float]:
     return done, longest
 
 
+def exposures_alone(case: Case) -> tuple[dict, str]:
+    """The honest client of L{stuck_blob_client} on its own: its speed to compare with."""
+    seconds = 15
+    honest = case.client()
+    case.attack()
+    done, longest = exposures(case, honest, seconds)
+    return ({"exposures": done, "seconds": seconds, "longest_wait_s": round(longest, 2)},
+            f"{done} exposures in {seconds} s, longest {longest:.1f} s")
+
+
 def stuck_blob_client(case: Case) -> tuple[dict, str]:
     """A client enables BLOBs and never reads; another takes exposures."""
     seconds = 15
@@ -860,6 +870,7 @@ def clash_notice(case: Case) -> tuple[dict, str]:
 
 #: name: (function, time limit in s, drivers (None: the simulators), extra Case options)
 CASES: dict[str, tuple[Callable[[Case], tuple[dict, str]], int, Any, dict]] = {
+    "exposures_alone": (exposures_alone, 45, None, {}),
     "stuck_blob_client": (stuck_blob_client, 45, None, {}),
     "client_claims_device": (client_claims_device, 40, None, {}),
     "client_server_notice": (client_server_notice, 20, None, {}),

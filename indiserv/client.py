@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from indiserv import wire
 from indiserv.access import PEER, Access, Identity
-from indiserv.link import CLIENT, Link
+from indiserv.link import CLIENT, Link, send_in_large_chunks
 from indiserv.router import Router
 from indiserv.wire import Limits, Message, WireError
 
@@ -120,6 +120,7 @@ class ClientProtocol(Protocol, TimeoutMixin, Link):
         if ITCPTransport.providedBy(self.transport):
             # A new*Vector round trip should cost microseconds, not Nagle's 40 ms.
             self.transport.setTcpNoDelay(True)
+        send_in_large_chunks(self.transport)
         refusal = self.factory.arrived(self)
         if refusal is not None:
             # Nothing was said yet, and over TLS nothing can be before the

@@ -32,7 +32,7 @@ from indiserv.wire import Limits, Message, Parser, WireError
 if TYPE_CHECKING:
     from indiserv.router import Router
 
-__all__ = ["Link", "CLIENT", "DRIVER", "REMOTE", "write_now", "queued_cost"]
+__all__ = ["Link", "CLIENT", "DRIVER", "REMOTE", "write_now", "queued_cost", "send_in_large_chunks"]
 
 CLIENT = "client"
 DRIVER = "driver"
@@ -83,6 +83,25 @@ def write_now(writer: Any, data: bytes) -> None:
         # An error is left for Twisted to find on its next write.
     if data:
         writer.write(data)
+
+
+#: Bytes a TCP transport hands the kernel per send.  Twisted's own limit
+#: (C{FileDescriptor.SEND_LIMIT}, 128 KiB, for old Windows) makes a camera's
+#: frame go out 128 KiB per reactor turn, behind whatever else that turn
+#: does; Linux takes what fits in the socket and says how much.
+SEND_SIZE = 4 * 1024 * 1024
+
+
+def send_in_large_chunks(transport: Any) -> None:
+    """
+    Let C{transport}, if it is one of Twisted's own socket transports, give
+    the kernel up to L{SEND_SIZE} bytes per send (a Twisted internal:
+    tests/test_link.py checks that Twisted still honours it).
+    """
+    if isinstance(transport, FileDescriptor) and isinstance(
+        getattr(transport, "SEND_LIMIT", None), int
+    ):
+        transport.SEND_LIMIT = SEND_SIZE
 
 
 @implementer(IPushProducer)

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from indiserv import wire
 from indiserv.blobs import ALSO
-from indiserv.link import REMOTE, Link
+from indiserv.link import REMOTE, Link, send_in_large_chunks
 from indiserv.router import KEEPALIVE_TEXT, Router
 from indiserv.wire import Limits, Message, WireError
 
@@ -79,6 +79,7 @@ class RemoteProtocol(Protocol, Link):
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        send_in_large_chunks(self.transport)
         router = self.service.router
         self.service.protocol = self
         router.add_link(self)

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from indiserv.client import ClientFactory, ClientProtocol
 from indiserv.driver import DriverProcessProtocol
-from indiserv.link import DRIVER, WRITE_NOW_LIMIT, Link, queued_cost, write_now
+from indiserv.link import DRIVER, SEND_SIZE, WRITE_NOW_LIMIT, Link, queued_cost, send_in_large_chunks, write_now
 from indiserv.router import Router
 from indiserv.service import IndiServer
 from indiserv.wire import Parser
@@ -484,6 +484,16 @@ class WriteNowTests(TestCase):
             return self.peer.recv(1 << 20, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return b""
+
+    def test_large_sends(self):
+        """A TCP transport given send_in_large_chunks hands the kernel more than Twisted's 128 KiB per send (fails if Twisted stops honouring SEND_LIMIT)."""
+        for sock in (self.transport.socket, self.peer):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        send_in_large_chunks(self.transport)
+        self.assertEqual(self.transport.SEND_LIMIT, SEND_SIZE)
+        written = self.transport.writeSomeData(b"x" * (1 << 20))
+        self.assertGreater(written, 128 * 1024)
 
     def test_lone_message_written_at_once(self):
         """A batch of one message is in the peer's socket before the reactor turns again."""
