@@ -89,7 +89,7 @@ def write_now(writer: Any, data: bytes) -> None:
 #: (C{FileDescriptor.SEND_LIMIT}, 128 KiB, for old Windows) makes a camera's
 #: frame go out 128 KiB per reactor turn, behind whatever else that turn
 #: does; Linux takes what fits in the socket and says how much.
-SEND_SIZE = 4 * 1024 * 1024
+SEND_SIZE = 1024 * 1024
 
 
 def send_in_large_chunks(transport: Any) -> None:
