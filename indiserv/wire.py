@@ -259,15 +259,7 @@ class _Checker:
     def check(self, raw: bytes, enable_blob: bool) -> Message:
         """The L{Message} for C{raw}, a whole element with no BLOB body (L{begin}, L{feed}, L{finish})."""
         self.begin(enable_blob)
-        self.fed += len(raw)
-        try:
-            self._parser.Parse(raw, False)
-        except expat.ExpatError as e:
-            self.refuse(MalformedElement(
-                f"not well-formed XML ({expat.ErrorString(e.code)})"
-            ))
-        except WireError as e:
-            self.refuse(e)
+        self.feed(raw)
         return self.finish(raw)
 
     def refuse(self, fault: WireError) -> None:
