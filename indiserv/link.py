@@ -353,7 +353,7 @@ class Link:
             # nothing to pause.
             self.router.begin_batch()
             try:
-                self._route_turn(iter(self.parser.read(data)), None)
+                self._route_turn(self.parser.read(data), None)
             finally:
                 self.router.end_batch()
             return
@@ -371,9 +371,17 @@ class Link:
             return
         # The usual read: framed whole, its messages routed this turn
         # unless there are too many of them.
+        self.route_parsed(self.parser.read(data))
+
+    def route_parsed(self, items: Iterator[Message | WireError]) -> None:
+        """
+        Route C{items}, the messages of one read being framed (also a
+        client's first read, once it is admitted): a turn's worth now, the
+        rest on the next turns.
+        """
         router = self.router
+        assert router is not None and self._later is None
         budget = self.messages_per_turn
-        items = self.parser.read(data)
         router.begin_batch()
         try:
             routed = self._route_turn(items, budget)
@@ -382,15 +390,6 @@ class Link:
         if routed == budget and self.router is router:
             self._reading = items
             self._later = router.clock.callLater(0, self._route_more)
-
-    def route_parsed(self, items: Iterator[Message | WireError]) -> None:
-        """
-        Route C{items}, the rest of a read already being framed (a client's
-        first read, once it is admitted), paced as L{bytes_received} is.
-        """
-        self._reading = items
-        if self._later is None:
-            self._route_input()
 
     def _route_input(self) -> None:
         """Route up to a turn's worth of input; leave the rest for the next turn."""
@@ -410,7 +409,7 @@ class Link:
                         break
                     chunk = self._next_slice(room)
                     room -= len(chunk)
-                    self._reading = iter(self.parser.read(chunk))
+                    self._reading = self.parser.read(chunk)
                 routed = self._route_turn(self._reading, budget)
                 if routed < 0:
                     self._reading = None

@@ -130,9 +130,11 @@ class Router(Service):
         # Devices gone whose delProperty is still to be sent, with who owned them.
         self._retiring: dict[str, Link] = {}
         self._retire_call: Any = None
-        # link -> what it was told (or warned of) once, not at every message.
-        self._told: dict[Link, set[str]] = {}
-        #: Clients that announced devices: other servers connected to us.
+        # link -> what it was told (or warned of) once, not at every
+        # message: kinds of trouble, and its devices refused.
+        self._told: dict[Link, set[object]] = {}
+        #: Trusted clients that announced devices: other servers connected
+        #: to us, sharing theirs.
         self.peers: dict[Link, None] = {}
         #: Clients that are other servers, trusted or not: peers, and those
         #: whose getProperties says so (indiserver's device="*", our hop
@@ -147,9 +149,6 @@ class Router(Service):
         self._snoops: dict[str | None, dict[Link, set[str | None]]] = {}
         # snooping link -> the devices (None: every device) it snoops.
         self._snooped: dict[Link, set[str | None]] = {}
-        # link -> its devices refused (as clashes, or past max_devices),
-        # so that each is logged once.
-        self._refused: dict[Link, set[str]] = {}
         self._quiet = True
         self._keepalive_call: LoopingCall | None = None
         self.dropped = 0
@@ -240,15 +239,13 @@ class Router(Service):
                 snoopers.pop(link, None)
                 if not snoopers:
                     del self._snoops[device]
-        self._refused.pop(link, None)
         devices = self._owned.pop(link, {})
         claim = link.claim
         for device in devices:
             del self.owners[device]
             self._retiring[device] = link
             if claim is not None:
-                self._reserved[device] = claim
-                self._reservations.setdefault(claim, set()).add(device)
+                self.reserve(device, claim)
         self._retire_some()
         if reason:
             self.send_message(reason)
@@ -582,7 +579,8 @@ class Router(Service):
         elif device in self.owners or device in self._reserved:
             why = f"device {device} is served by this server"
         else:
-            snoopers = [link for link in self._snoopers(message) if link.kind == DRIVER]
+            # Only drivers snoop (a driver's getProperties registers it).
+            snoopers = self._snoopers(message)
             for snooper in snoopers:
                 if snooper.blob_policy.allows(message):
                     snooper.send(message)
@@ -623,25 +621,22 @@ class Router(Service):
 
     def _device_traffic(self, message: Message, source: Link) -> None:
         device = message.device
-        if device is None:
-            if self.message_log is not None and source.kind != CLIENT:
-                self.message_log(message, source)
-            if self._from_server(source):
-                # Another server's own notices are for our clients only: passed
-                # on between servers they could go round a loop for ever.
-                for client in self._receivers:
-                    if client not in self.chained:
-                        client.send(message)
-                return
-            return self._deliver(message, source)
-        owner = self.owners.get(device)
-        if owner is None:
-            if not self._claim(device, message, source):
-                return
-        elif owner is not source:
-            return self._clash(device, owner, source)
+        if device is not None:
+            owner = self.owners.get(device)
+            if owner is None:
+                if not self._claim(device, message, source):
+                    return
+            elif owner is not source:
+                return self._clash(device, owner, source)
         if self.message_log is not None and source.kind != CLIENT:
             self.message_log(message, source)
+        if device is None and self._from_server(source):
+            # Another server's own notices are for our clients only: passed
+            # on between servers they could go round a loop for ever.
+            for client in self._receivers:
+                if client not in self.chained:
+                    client.send(message)
+            return
         self._deliver(message, source)
 
     def _claim(self, device: str, message: Message, source: Link) -> bool:
@@ -663,7 +658,7 @@ class Router(Service):
         owned = self._owned.setdefault(source, {})
         if len(owned) >= self.max_devices:
             self.dropped += 1
-            if self._first_refusal(source, device):
+            if self._first_time(source, ("refused", device)):
                 self.log.error(
                     "{link} announces more than {limit} devices; {device} is ignored",
                     link=source.label,
@@ -679,20 +674,15 @@ class Router(Service):
         self.event("{link} owns device {device}", link=source.label, device=device)
         return True
 
-    def _first_time(self, link: Link, what: str) -> bool:
-        """Whether C{link} is told of C{what} for the first time."""
+    def _first_time(self, link: Link, what: object) -> bool:
+        """
+        Whether C{link} is told of C{what} for the first time (at most
+        C{max_devices} things are remembered per link).
+        """
         told = self._told.setdefault(link, set())
-        if what in told:
+        if what in told or len(told) >= self.max_devices:
             return False
         told.add(what)
-        return True
-
-    def _first_refusal(self, source: Link, device: str) -> bool:
-        """Whether this is the first time C{device} from C{source} is refused."""
-        refused = self._refused.setdefault(source, set())
-        if device in refused or len(refused) >= self.max_devices:
-            return False
-        refused.add(device)
         return True
 
     def _deliver(self, message: Message, source: Link) -> None:
@@ -748,7 +738,7 @@ class Router(Service):
         naming either link (a peer's label is its address).
         """
         self.dropped += 1
-        if not self._first_refusal(source, device):
+        if not self._first_time(source, ("refused", device)):
             return
         self.log.error(
             "device {device} from {source} is already served by {owner};"
