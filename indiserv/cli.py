@@ -39,10 +39,10 @@ from twisted.python import usage
 from zope.interface import provider
 
 import indiserv
-from indiserv.service import IndiServer
+from indiserv.service import IndiServer, unix_description
 from indiserv.tap import Options, makeService
 
-__all__ = ["main", "translate", "parse", "usage_text", "indiserver_observer"]
+__all__ = ["main", "translate", "parse", "usage_text", "indiserver_observer", "local_socket"]
 
 #: indiserver's options that take a value: the twistd option each becomes,
 #: and what the value is, for the message when it is missing.
@@ -56,6 +56,11 @@ VALUE_OPTIONS = {
     "f": ("--fifo", "a FIFO path"),
 }
 
+#: Where indiserver listens for local clients unless C{-u} says otherwise
+#: (its INDIUNIXSOCK), and where indilib's client library looks for a
+#: server when given the host C{localhost:}.
+DEFAULT_UNIX = "/tmp/indiserver"
+
 #: What the command sets that indiserver does without being asked: clients
 #: on every interface, and room for many of them (indiserver has no limit;
 #: Ekos opens a connection per driver).
@@ -68,7 +73,7 @@ Options:
  -l d     : write driver messages to <d>/YYYY-MM-DD.islog
  -m m     : disconnect a client more than m MB behind, default 128
  -d m     : skip streaming BLOBs to a client more than m MB behind, default 5; 0 never skips
- -u path  : also listen on this local socket (abstract on Linux); default none
+ -u path  : local socket to listen on (abstract on Linux), default /tmp/indiserver
  -p p     : TCP port, default 7624
  -r r     : restarts of a failing driver, default 10
  -f path  : FIFO to start and stop drivers through (made if missing)
@@ -152,10 +157,18 @@ def _value(letter: str, value: str) -> str:
             float(value)
         except ValueError:
             raise usage.UsageError(f"-{letter} requires a number of MB, not {value!r}")
-    if letter == "u" and sys.platform.startswith("linux"):
-        # indiserver listens in Linux's abstract namespace.
-        return "@" + value
+    if letter == "u":
+        return local_socket(value)
     return value
+
+
+def local_socket(path: str) -> str:
+    """
+    The plugin's C{--unix} value for indiserver's C{-u path}: on Linux the
+    abstract name made of the whole path, as indiserver binds it (and as
+    indilib's client library connects); elsewhere the socket file.
+    """
+    return "@" + path if sys.platform.startswith("linux") else path
 
 
 def parse(args: list[str]) -> Options:
@@ -221,6 +234,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     )
     _log.info("startup: {argv}", argv=" ".join(argv))
     server = makeService(options)
+    if not options["unix"]:
+        # As indiserver, also on its local socket; but where another server
+        # has it already, on TCP alone (indiserver would exit).
+        server.add_listener(unix_description(local_socket(DEFAULT_UNIX)), required=False)
     react(serve, [server])
 
 

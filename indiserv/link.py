@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from indiserv.blobs import BlobPolicy
+from indiserv.interest import Interest
 from indiserv.wire import Limits, Message, Parser, WireError
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class Link:
     @ivar router: the router this link is attached to, once attached.
     @ivar blob_policy: what C{enableBLOB} asked for on this link: a client's
         BLOB delivery, or a driver's BLOB snooping.
+    @ivar interest: the devices a client has asked about, and so receives;
+        every device for the other kinds.
     @ivar queued: bytes of memory taken by what waits in the link's queue
         for the peer to read (see L{queued_cost}).
     @ivar paused: the transport asked for no more data for now.
@@ -153,6 +156,7 @@ class Link:
         if limits is not None:
             self.limits = limits
         self.blob_policy = BlobPolicy()
+        self.interest = Interest(everything=self.kind != CLIENT)
         self.parser = Parser(self.limits)
         # Messages sent during the router's current batch, written together
         # when the batch ends (one transport call per link per input chunk).

@@ -115,8 +115,12 @@ class Router(Service):
         # catching up: they no longer count when deciding to pause one.
         self._stalled: set[Link] = set()
         # Snapshot of the clients for delivery loops, so a client cut off
-        # in the middle of a delivery does not disturb the iteration.
+        # in the middle of a delivery does not disturb the iteration; and
+        # the same clients parted by interest: those that hear every
+        # device, and those whose interest is checked message by message.
         self._receivers: tuple[Link, ...] = ()
+        self._open: tuple[Link, ...] = ()
+        self._scoped: tuple[Link, ...] = ()
         self.clients: dict[Link, None] = {}
         self.drivers: dict[Link, None] = {}
         self.remotes: dict[Link, None] = {}
@@ -210,7 +214,7 @@ class Router(Service):
         """Start routing to and from C{link}."""
         link.router = self
         self._registry(link)[link] = None
-        self._receivers = tuple(self.clients)
+        self._sort_receivers()
         self.event("{link} attached", link=link.label)
 
     def remove_link(self, link: Link, reason: str | None = None) -> None:
@@ -226,7 +230,7 @@ class Router(Service):
         link.stop_reading_input()
         self.peers.pop(link, None)
         self.chained.pop(link, None)
-        self._receivers = tuple(self.clients)
+        self._sort_receivers()
         self._told.pop(link, None)
         self._stalled.discard(link)
         if link in self._paused_sources:
@@ -251,6 +255,11 @@ class Router(Service):
             self.send_message(reason)
         link.router = None
         self.event("{link} detached", link=link.label)
+
+    def _sort_receivers(self) -> None:
+        self._receivers = tuple(self.clients)
+        self._open = tuple(c for c in self._receivers if c.interest.everything)
+        self._scoped = tuple(c for c in self._receivers if not c.interest.everything)
 
     def devices_of(self, link: Link) -> list[str]:
         """The devices C{link} owns, in the order it announced them."""
@@ -368,8 +377,11 @@ class Router(Service):
         self.routed += 1
         if self.verbose >= 2:
             self._trace(message, source)
+        kind = source.kind
+        if kind == CLIENT:
+            self._hear(message, source)
         family = _tag_family.get(message.tag, message.tag)
-        handler = self._routes.get((source.kind, family))
+        handler = self._routes.get((kind, family))
         if handler is None:
             self.dropped += 1
             self.log.debug(
@@ -379,6 +391,20 @@ class Router(Service):
             )
             return
         handler(message, source)
+
+    def _hear(self, message: Message, source: Link) -> None:
+        """Record the interest a client's message shows, before routing it."""
+        interest = source.interest
+        everything = interest.everything
+        if not interest.hear(message):
+            self.log.warn(
+                "{source} asked about more than {limit} devices and properties;"
+                " it now receives every device's traffic",
+                source=source.label,
+                limit=interest.max_entries,
+            )
+        if interest.everything != everything and source in self.clients:
+            self._sort_receivers()
 
     def _trace(self, message: Message, source: Link) -> None:
         # BLOB data is summed up even at -vvv: a camera's frames copied
@@ -479,6 +505,7 @@ class Router(Service):
             if (
                 client is not source
                 and client not in self.chained
+                and client.interest.wants(message)
                 and client.blob_policy.allows(message)
             ):
                 client.send(message)
@@ -690,16 +717,21 @@ class Router(Service):
         Send device traffic to clients and snoopers, each as they asked; if
         every receiver is saturated, pause the source.
 
-        Every receiver of the source's traffic counts, whether or not its
-        BLOB policy takes this message: a client that stopped reading its
-        camera's frames must not hold back the camera's other clients.
+        The receivers are the clients interested in the device (see
+        L{indiserv.interest}), the servers up the tree and the snoopers.
+        Every one of them counts, whether or not its BLOB policy takes this
+        message: a client that stopped reading its camera's frames must not
+        hold back the camera's other clients.
         """
         high_water = self.saturation
         candidates = saturated = 0
         stalled = self._stalled
         # Clients; then up the tree, the servers we link to; then snoopers.
         snoopers = self._snoopers(message) if self._snoops else ()
-        for link in itertools.chain(self._receivers, self.remotes, snoopers):
+        clients = self._open
+        if self._scoped:
+            clients = (*clients, *(c for c in self._scoped if c.interest.wants(message)))
+        for link in itertools.chain(clients, self.remotes, snoopers):
             if link is source:
                 continue
             if link.blob_policy.allows(message):
@@ -716,7 +748,7 @@ class Router(Service):
         ):
             behind = [
                 link
-                for link in itertools.chain(self._receivers, self.remotes, snoopers)
+                for link in itertools.chain(clients, self.remotes, snoopers)
                 if link is not source and link.queued > high_water
             ]
             self._pause(source, behind)
@@ -752,7 +784,7 @@ class Router(Service):
             device=device,
         )
         for client in self._receivers:
-            if client not in self.chained:
+            if client not in self.chained and client.interest.wants(built):
                 client.send(built)
 
     # -- messages from the server ---------------------------------------

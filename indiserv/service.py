@@ -19,6 +19,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import asyncioreactor, defer, process
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IStreamClientEndpoint,
@@ -28,6 +29,7 @@ from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, STDLibLogObserver, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from indiserv.access import Access
@@ -221,19 +223,38 @@ class _ReportingEndpoint:
 
 @implementer(IStreamServerEndpoint)
 class _AnnouncingEndpoint:
-    """An endpoint wrapper that logs where it listens."""
+    """
+    An endpoint wrapper that logs where it listens; unless C{required}, one
+    that cannot listen is logged as a warning, and the server goes on
+    without it (its listen gives L{None}).
+    """
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint):
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, required: bool = True, where: str = ""
+    ):
         self._endpoint = endpoint
+        self._required = required
+        self._where = where or repr(endpoint)
 
-    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
-        return self._endpoint.listen(factory).addCallback(self._announce)
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort | None]:
+        listening = self._endpoint.listen(factory).addCallback(self._announce)
+        if not self._required:
+            listening.addErrback(self._go_without)
+        return listening
 
     def _announce(self, port: IListeningPort) -> IListeningPort:
         self.log.info("listening on {address}", address=describe(port.getHost()))
         return port
+
+    def _go_without(self, failure: Failure) -> None:
+        failure.trap(CannotListenError)
+        self.log.warn(
+            "not listening on {where}: {why}; going on without it",
+            where=self._where,
+            why=failure.value.socketError,
+        )
 
 
 class IndiServer(MultiService):
@@ -464,17 +485,26 @@ class IndiServer(MultiService):
         remote.setServiceParent(self)
         return remote
 
-    def add_listener(self, endpoint: IStreamServerEndpoint | str) -> StreamServerEndpointService:
+    def add_listener(
+        self, endpoint: IStreamServerEndpoint | str, required: bool = True
+    ) -> StreamServerEndpointService:
         """
         Also accept clients on C{endpoint} (an endpoint, or an endpoint
         string), such as a local unix socket (L{unix_description}).  They count
         towards C{maxconnections} with the others.  If the server is
-        running, it listens at once; one that cannot listen stops startup.
+        running, it listens at once.  One that cannot listen stops startup,
+        unless not C{required}: then a warning says so and the server goes
+        on without it (the C{indiserv} command's default unix socket, which
+        another server may hold).
         """
+        where = ""
         if isinstance(endpoint, str):
+            where = endpoint.replace("\0", "@")
             endpoint = serverFromString(self.reactor, endpoint)
-        listener = StreamServerEndpointService(_AnnouncingEndpoint(endpoint), self.factory)
-        listener._raiseSynchronously = True
+        listener = StreamServerEndpointService(
+            _AnnouncingEndpoint(endpoint, required, where), self.factory
+        )
+        listener._raiseSynchronously = required
         listener.setServiceParent(self)
         return listener
 

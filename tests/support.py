@@ -5,6 +5,7 @@ rules for tests that need indilib's programs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -60,6 +61,33 @@ def _cannot_run(why: str) -> NoReturn:
     if REQUIRE_INTEROP:
         raise AssertionError(f"INDISERV_REQUIRE_INTEROP=1 but this test {why}")
     raise SkipTest(why)
+
+
+@defer.inlineCallbacks
+def network_namespace(testcase: TestCase):
+    """
+    The name of a network namespace of its own for C{testcase}, its loopback
+    up, deleted when the test ends: there, Linux's abstract unix socket names
+    (indiserver's C{/tmp/indiserver}) are private to the test.  Run programs
+    in it with C{ip netns exec NAME}.  Needs root and iproute2's C{ip}.
+    """
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    if shutil.which("ip") is None:
+        _cannot_run("needs ip (Debian package iproute2)")
+    name = f"indiserv-test-{os.getpid()}-{next(_namespaces)}"
+    out, err, code = yield getProcessOutputAndValue("ip", ["netns", "add", name])
+    if code != 0:
+        _cannot_run(f"needs a network namespace of its own (as root): {err.decode().strip()}")
+    testcase.addCleanup(getProcessOutputAndValue, "ip", ["netns", "delete", name])
+    out, err, code = yield getProcessOutputAndValue(
+        "ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"]
+    )
+    testcase.assertEqual(code, 0, err)
+    return name
+
+
+_namespaces = itertools.count(1)
 
 
 def require_command(name: str) -> str:
@@ -148,9 +176,9 @@ class RecordingLink(Link, MessageLog):
     """A link whose peer is the test: it keeps every message sent to it."""
 
     def __init__(self, kind: str, label: str):
+        self.kind = kind
         Link.__init__(self)
         MessageLog.__init__(self)
-        self.kind = kind
         self.label = label
         self.wire_errors: list[WireError] = []
 
@@ -238,9 +266,12 @@ def client_of(
 
 
 @defer.inlineCallbacks
-def attached_client(testcase: TestCase, server: Any):
-    """A client of C{server} that the server has surely attached: its ping was answered."""
-    client = yield client_of(testcase, server, b"<pingRequest uid='attached'/>")
+def attached_client(testcase: TestCase, server: Any, hello: bytes = b""):
+    """
+    A client of C{server} that has said C{hello} and that the server has
+    surely attached: its ping was answered.
+    """
+    client = yield client_of(testcase, server, hello + b"<pingRequest uid='attached'/>")
     yield client.wait_for(lambda m: m.tag == "pingReply")
     return client
 
@@ -349,6 +380,9 @@ def executable_script(directory: str, name: str, command: str) -> str:
     os.chmod(path, 0o755)
     return path
 
+
+#: What a client says to hear every device.
+GET_ALL = b"<getProperties version='1.7'/>"
 
 #: indiserv's demo driver, as a shell command line.
 SIMULATOR_COMMAND_LINE = f"{sys.executable} -m indiserv.simulator"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import io
+import itertools
 import os
 import re
 import shlex
@@ -25,9 +26,10 @@ from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
 from indiserv.tap import Options, makeService
 
 from .support import (
-    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, require_command, require_module,
-    require_programs, serve, write_fifo,
+    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, network_namespace, require_command,
+    require_module, require_programs, serve, write_fifo,
 )
+from .test_interop import LIBINDICLIENT_EXPOSURE
 from .test_tap import _Collect
 
 ABSTRACT = sys.platform.startswith("linux")
@@ -337,6 +339,9 @@ print("stopped:", not server.is_running(port) and not found_by_name(), flush=Tru
 WEB_MANAGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webmanager.sh")
 
 
+_sockets = itertools.count(1)
+
+
 class CommandTests(TestCase):
     """The command as tools run it: a real process, real drivers, real clients."""
 
@@ -347,12 +352,22 @@ class CommandTests(TestCase):
         os.makedirs(self.home)
         self.env = child_env(HOME=self.home)
 
-    def indiserv(self, *args: str, pattern: bytes = LISTENING) -> _Collect:
-        """Run C{indiserv ARGS}; stopped with SIGTERM when the test ends."""
+    def indiserv(
+        self, *args: str, pattern: bytes = LISTENING, namespace: str | None = None
+    ) -> _Collect:
+        """
+        Run C{indiserv ARGS}, in the network C{namespace} if one is given;
+        stopped with SIGTERM when the test ends.  Outside a namespace of the
+        test's own, its local socket is one of its own unless ARGS name one:
+        tests never take indiserver's default, which a real server may hold.
+        """
+        argv = [sys.executable, "-m", "indiserv.cli"]
+        if namespace is not None:
+            argv = ["ip", "netns", "exec", namespace, *argv]
+        elif "-u" not in args:
+            argv += ["-u", f"/tmp/indiserv-test-{os.getpid()}-{next(_sockets)}"]
         watch = _Collect(pattern)
-        process = reactor.spawnProcess(
-            watch, sys.executable, [sys.executable, "-m", "indiserv.cli", *args], env=self.env, path=self.home
-        )
+        process = reactor.spawnProcess(watch, argv[0], [*argv, *args], env=self.env, path=self.home)
         watch.process = process
 
         def stop() -> defer.Deferred[None]:
@@ -402,6 +417,45 @@ class CommandTests(TestCase):
         self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: startup: indiserv -v -p 0 ")
         self.assertRegex(output, r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: indi_simulator_telescope: \S")
         self.assertRegex(output, r"(?m): driver indi_simulator_telescope attached$")
+
+    @defer.inlineCallbacks
+    def test_libindiclient_finds_it_at_localhost(self):
+        """Without -u, indiserv listens where indiserver does: pyindi-client given the host "localhost:" takes a CCD exposure through it (in a network namespace of the test's own, where that name is private)."""
+        require_module("PyIndi", "pip install --no-deps pyindi-client")
+        require_programs("indi_simulator_ccd")
+        namespace = yield network_namespace(self)
+        watch = self.indiserv("-v", "-p", "0", "indi_simulator_ccd", namespace=namespace)
+        yield watch.wait_for(rb": listening on @/tmp/indiserver\n")
+        out, err, code = yield getProcessOutputAndValue(
+            "ip",
+            ["netns", "exec", namespace, sys.executable, "-c", LIBINDICLIENT_EXPOSURE, "7624", "localhost:"],
+            env=self.env,
+        )
+        self.assertEqual(code, 0, err + watch.output)
+        blob_format, size, received, start = out.decode().split()
+        self.assertEqual((blob_format, start), (".fits", "SIMPLE"))
+        self.assertEqual(received, size)
+        self.assertRegex(watch.output.decode(), r"client @/tmp/indiserver fd \d+")
+
+    @defer.inlineCallbacks
+    def test_default_socket_taken(self):
+        """A second indiserv without -u finds indiserver's local socket taken, says so, and serves TCP alone."""
+        require_programs("indi_simulator_telescope", "indi_getprop")
+        namespace = yield network_namespace(self)
+        first = self.indiserv("-p", "0", "indi_simulator_telescope", namespace=namespace)
+        yield first.wait_for(rb": listening on @/tmp/indiserver\n")
+        second = self.indiserv("-p", "0", "indi_simulator_telescope", namespace=namespace)
+        warning = yield second.wait_for(rb": not listening on unix:@/tmp/indiserver:lockfile=0: (.*); going on without it\n")
+        self.assertIn(b"Address already in use", warning.group(1))
+        listening = yield second.seen
+        out, err, code = yield getProcessOutputAndValue(
+            "ip",
+            ["netns", "exec", namespace, "indi_getprop", "-p", listening.group(1).decode(), "-t", "3",
+             "Telescope Simulator.CONNECTION.*"],
+            env=self.env,
+        )
+        self.assertEqual(code, 0, err + second.output)
+        self.assertIn(b"Telescope Simulator.CONNECTION.CONNECT=Off", out)
 
     @defer.inlineCallbacks
     def verbose_lines(self, level: str, pattern: bytes):

@@ -103,6 +103,7 @@ class ClientTests(ClientTestCase):
         """A client sending malformed XML is told why and disconnected; others are unaffected."""
         bad, bad_transport = self.client(1)
         good, good_transport = self.client(2)
+        good.dataReceived(b"<enableBLOB device='D'>Never</enableBLOB>")
         bad.dataReceived(b"<getProperties version='1.7'/><newTextVector device='D' name='&x;'/>")
         self.assertTrue(bad_transport.disconnecting)
         self.assertNotIn(bad, self.router.clients)

@@ -20,7 +20,7 @@ from indiserv.driver import DriverNotFound, DriverService, find_driver
 from indiserv.link import CLIENT, DRIVER
 from indiserv.router import Router
 
-from .support import RecordingLink, child_env
+from .support import GET_ALL, RecordingLink, child_env
 
 SIMULATOR = (sys.executable, "-m", "indiserv.simulator")
 DEVICE = "indiserv Simulator"
@@ -253,6 +253,7 @@ class RealDriverTests(TestCase):
         router = Router(clock=reactor)
         client = RecordingLink(CLIENT, "client")
         router.add_link(client)
+        client.say(GET_ALL)
         service = DriverService(
             router, command[0], command[1:], reactor=reactor, env=child_env()
         )

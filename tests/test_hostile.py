@@ -175,7 +175,7 @@ class HostileInputMixin:
         self.good_driver, self.good_process = self.attach_driver("good")
         self.good_driver.outReceived(GOOD_DEF + b"\n")
         self.good_client, self.good_transport = self.attach_client()
-        self.good_client.dataReceived(b"<enableBLOB>Also</enableBLOB>\n")
+        self.good_client.dataReceived(b"<getProperties version='1.7'/><enableBLOB>Also</enableBLOB>\n")
         self.new_hostile()
         self.forget()
 
@@ -559,7 +559,8 @@ class ClientHostileTests(HostileInputMixin, SynchronousTestCase):
         # Admitted first: what a pending connection may send is bounded
         # more tightly still (tests/test_client.py).
         self.hostile, self.hostile_transport = self.attach_client()
-        self.hostile.dataReceived(b"<enableBLOB>Never</enableBLOB>")
+        # Interested in the good device, whose updates it is to keep getting.
+        self.hostile.dataReceived(b"<enableBLOB device='Good'>Never</enableBLOB>")
         return self.hostile
 
     def say(self, data: bytes) -> None:
@@ -567,7 +568,7 @@ class ClientHostileTests(HostileInputMixin, SynchronousTestCase):
         self.clock.advance(0)  # the reactor turns that route the rest of a large read
 
     def admit_hostile(self) -> None:
-        self.say(b"<enableBLOB>Never</enableBLOB>")
+        self.say(b"<enableBLOB device='Good'>Never</enableBLOB>")
 
     def end_hostile(self) -> None:
         self.hostile.connectionLost(Failure(ConnectionDone()))

@@ -33,6 +33,7 @@ from indiserv.simulator import DEVICE, Simulator
 
 from .ipydrivers import CAMERA, FRAME, FRAME_WATCHER, THERMOSTAT, WATCHER, camera, thermostat
 from .support import (
+    GET_ALL,
     PACKAGE_ROOT,
     child_env,
     attached_client,
@@ -157,7 +158,7 @@ class TwistedNativeTests(TestCase):
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         recorder = Recorder()
         server = yield serve(self, inprocess=[recorder])
-        client = yield attached_client(self, server)
+        client = yield attached_client(self, server, GET_ALL)
         recorder.send(b"<setNumberVector device='X'><oops></setNumberVector>"
                       + wire.message("still here", device="X").raw)
         message = yield client.wait_for(lambda m: m.tag == "message")
@@ -170,7 +171,7 @@ class TwistedNativeTests(TestCase):
         ended: defer.Deferred[None] = defer.Deferred()
         recorder = Recorder(ended=ended)
         server = yield serve(self, inprocess=[recorder])
-        client = yield attached_client(self, server)
+        client = yield attached_client(self, server, GET_ALL)
         recorder.send(b"<defTextVector device='Rec' name='T'><defText name='A'>a</defText></defTextVector>")
         yield client.wait_for(lambda m: m.tag == "defTextVector")
         ended.callback(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 from twisted.internet import defer, reactor
@@ -17,7 +18,9 @@ from twisted.trial.unittest import TestCase
 
 from indiserv import IndiServer
 
-from .support import PACKAGE_ROOT, child_env, client_of, free_port, require_module, require_programs, serve
+from .support import (
+    PACKAGE_ROOT, child_env, client_of, connect_client, free_port, require_module, require_programs, serve,
+)
 from .test_tap import TWISTD, _Collect
 
 TELESCOPE = "Telescope Simulator"
@@ -99,6 +102,14 @@ class InteropTestCase(TestCase):
         with open(script, "w") as f:
             f.write(SNOOPER)
         return f"{sys.executable} {script}"
+
+    def snooper_program(self) -> str:
+        """The SNOOPER driver as one executable, for indiserver (which takes no arguments)."""
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(f"#!/bin/sh\nexec {sys.executable} -c {shlex.quote(SNOOPER)}\n")
+        os.chmod(script, 0o755)
+        return script
 
     def run_tool(self, *argv: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
         return getProcessOutputAndValue(argv[0], argv[1:], env=self.env)
@@ -250,7 +261,8 @@ class Client(PyIndi.BaseClient):
 
 
 client = Client()
-client.setServer("127.0.0.1", int(sys.argv[1]))
+# argv: the port, and the host ("localhost:" is indiserver's local socket).
+client.setServer(sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", int(sys.argv[1]))
 if not client.connectServer():
     sys.exit("cannot connect")
 if not client.definition("CONNECTION").wait(20):
@@ -451,6 +463,143 @@ class RemoteInteropTests(InteropTestCase):
         yield client.wait_for(lambda m: m.device == TELESCOPE and m.tag.startswith("def"))
 
 
+# What each kind of client says first, in the interest tests.
+SILENT = b"<pingRequest uid='hello'/>"
+CCD_ONLY = f"<getProperties version='1.7' device='{CCD}'/>".encode()
+COORDINATES_ONLY = (
+    f"<getProperties version='1.7' device='{TELESCOPE}' name='EQUATORIAL_EOD_COORD'/>".encode()
+)
+
+
+class InterestTests(InteropTestCase):
+    """Clients get only the devices they asked about, as from indiserver, with real drivers and clients."""
+
+    @defer.inlineCallbacks
+    def heard(self, port: int):
+        """
+        What a silent client, a CCD-only client and a coordinates-only
+        client of the server on C{port} received while another client
+        connected the telescope and its coordinates moved: for each, the
+        (tag, device, property) of every message but pingReply.
+        """
+        clients = []
+        for hello in (SILENT, CCD_ONLY, COORDINATES_ONLY):
+            client = yield connect_client(port)
+            self.addCleanup(client.transport.loseConnection)
+            client.say(hello)
+            clients.append(client)
+        silent, ccd_only, coordinates_only = clients
+        yield ccd_only.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        watcher = yield connect_client(port)
+        self.addCleanup(watcher.transport.loseConnection)
+        watcher.say(b"<getProperties version='1.7'/>")
+        yield watcher.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        watcher.say(connect(TELESCOPE))
+        yield coordinates_only.wait_for(lambda m: m.tag == "setNumberVector" and m.name == "EQUATORIAL_EOD_COORD")
+        yield watcher.wait_for(lambda m: m.tag == "setNumberVector" and m.name == "EQUATORIAL_EOD_COORD")
+        heard = []
+        for client in clients:
+            # Whatever was sent to it before its answer has arrived by then.
+            client.say(b"<pingRequest uid='end'/>")
+            yield client.wait_for(lambda m: m.tag == "pingReply" and m.attrs.get("uid") == "end")
+            heard.append([(m.tag, m.device, m.name) for m in client.received if m.tag != "pingReply"])
+        return heard
+
+    @defer.inlineCallbacks
+    def test_each_client_hears_what_it_asked_for(self):
+        """A silent client receives nothing, a device-scoped one its device only, a property-scoped one that property only; indiserver agrees."""
+        server = yield self.indiserv("indi_simulator_telescope", "indi_simulator_ccd")
+        ours = yield self.heard(server.port)
+        theirs = yield self.heard((yield self.indiserver("indi_simulator_telescope", "indi_simulator_ccd")))
+        for heard in (ours, theirs):
+            silent, ccd_only, coordinates_only = heard
+            self.assertEqual(silent, [])
+            self.assertEqual({device for _, device, _ in ccd_only}, {CCD})
+            self.assertEqual({(device, name) for _, device, name in coordinates_only},
+                             {(TELESCOPE, "EQUATORIAL_EOD_COORD")})
+            self.assertIn("defNumberVector", [tag for tag, _, _ in coordinates_only])
+        # The same properties of the CCD, whatever the order or repeats.
+        self.assertEqual({name for _, _, name in ours[1]}, {name for _, _, name in theirs[1]})
+
+    @defer.inlineCallbacks
+    def test_one_connection_per_device(self):
+        """libindiclient clients watching one device each, on connections of their own as PHD2 opens them, see only their device."""
+        require_module("PyIndi", "pip install --no-deps pyindi-client")
+        server = yield self.indiserv("indi_simulator_telescope", "indi_simulator_ccd")
+        out, err, code = yield self.run_tool(sys.executable, "-c", LIBINDICLIENT_WATCHERS, str(server.port))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines(), [f"{TELESCOPE}: {TELESCOPE}", f"{CCD}: {CCD}"])
+
+    @defer.inlineCallbacks
+    def test_blob_only_client_connecting_while_ccd_defines(self):
+        """A client whose one word is enableBLOB Only for the CCD, connecting while the CCD defines its properties, receives the CCD's frame and nothing else."""
+        server = yield self.indiserv("indi_simulator_ccd")
+        only = yield connect_client(server.port)
+        self.addCleanup(only.transport.loseConnection)
+        only.say(f"<enableBLOB device='{CCD}'>Only</enableBLOB>".encode())
+        operator = yield self.client_of(server)
+        yield operator.wait_for(lambda m: m.device == CCD and m.name == "CONNECTION")
+        operator.say(connect(CCD))
+        yield operator.wait_for(lambda m: m.tag == "defNumberVector" and m.name == "CCD_EXPOSURE")
+        operator.say(
+            b"<newNumberVector device='CCD Simulator' name='CCD_EXPOSURE'>"
+            b"<oneNumber name='CCD_EXPOSURE_VALUE'>0.1</oneNumber></newNumberVector>"
+        )
+        yield only.wait_for(lambda m: m.tag == "setBLOBVector" and m.blob)
+        only.say(b"<pingRequest uid='end'/>")
+        yield only.wait_for(lambda m: m.tag == "pingReply")
+        self.assertEqual({m.tag for m in only.received} - {"pingReply"}, {"setBLOBVector"})
+        self.assertEqual({m.device for m in only.received if m.tag != "pingReply"}, {CCD})
+
+
+# Two libindiclient clients (pyindi-client), each on a connection of its
+# own watching one device, as PHD2 connects to a mount and a camera: each
+# prints the devices it was told of.
+LIBINDICLIENT_WATCHERS = """
+import sys, threading
+import PyIndi
+
+class Watcher(PyIndi.BaseClient):
+    def __init__(self, device):
+        super().__init__()
+        self.device = device
+        self.seen = set()
+        self.connection = threading.Event()
+        self.pong = threading.Event()
+
+    def newPingReply(self, uid):
+        self.pong.set()
+
+    def newDevice(self, device):
+        self.seen.add(device.getDeviceName())
+
+    def newProperty(self, prop):
+        self.seen.add(prop.getDeviceName())
+        if prop.getName() == "CONNECTION":
+            self.connection.set()
+
+watchers = [Watcher("Telescope Simulator"), Watcher("CCD Simulator")]
+for watcher in watchers:
+    watcher.watchDevice(watcher.device)
+    watcher.setServer("127.0.0.1", int(sys.argv[1]))
+    if not watcher.connectServer():
+        sys.exit("cannot connect")
+for watcher in watchers:
+    if not watcher.connection.wait(20):
+        sys.exit(f"no CONNECTION of {watcher.device}")
+# A round trip through the server after the definitions: anything sent to
+# either before its ping's answer has arrived by then.
+for watcher in watchers:
+    watcher.sendPingRequest("end")
+for watcher in watchers:
+    if not watcher.pong.wait(20):
+        sys.exit("no pingReply")
+    watcher.disconnectServer()
+for watcher in watchers:
+    print(f"{watcher.device}: {', '.join(sorted(watcher.seen))}")
+"""
+
+
 class RemoteSnoopTests(InteropTestCase):
     @defer.inlineCallbacks
     def test_snooping_needs_no_trust(self):
@@ -464,6 +613,28 @@ class RemoteSnoopTests(InteropTestCase):
         yield watcher.wait_for(snooped_coordinates)
         self.assertNotIn(TELESCOPE, b.router.owners)
         self.assertEqual([m for m in watcher.received if m.device == TELESCOPE], [])
+
+    @defer.inlineCallbacks
+    def test_driver_under_indiserver_snoops_indiserv(self):
+        """indiserver chained above indiserv for all its devices (@host:port): a driver of indiserver snoops indiserv's telescope."""
+        below = yield self.indiserv("indi_simulator_telescope")
+        port = yield self.indiserver(self.snooper_program(), f"@127.0.0.1:{below.port}")
+        client = yield connect_client(port)
+        self.addCleanup(client.transport.loseConnection)
+        client.say(b"<getProperties version='1.7'/>")
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
+
+    @defer.inlineCallbacks
+    def test_driver_on_indiserv_snoops_indiserver(self):
+        """indiserv linked to indiserver: indiserv's driver snoops indiserver's telescope."""
+        below = yield self.indiserver("indi_simulator_telescope")
+        server = yield self.indiserv(self.snooper(), remotes=(below,))
+        client = yield self.client_of(server)
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
 
     @defer.inlineCallbacks
     def test_driver_on_b_snoops_device_on_a(self):

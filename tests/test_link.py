@@ -73,17 +73,23 @@ class QueueTestCase(SynchronousTestCase):
         self.port = 40000
 
     def connect(
-        self, blobs: bool = True, transport_type: type[StringTransport] = StringTransport
+        self,
+        blobs: bool = True,
+        transport_type: type[StringTransport] = StringTransport,
+        hello: bytes | None = None,
     ) -> tuple[ClientProtocol, StringTransport]:
         self.port += 1
         address = IPv4Address("TCP", "127.0.0.1", self.port)
         protocol = self.factory.buildProtocol(address)
         transport = transport_type(peerAddress=address)
         protocol.makeConnection(transport)
-        if blobs:
-            protocol.dataReceived(b"<enableBLOB device='CCD'>Also</enableBLOB>")
-        else:
-            protocol.dataReceived(b"<getProperties version='1.7'/>")
+        if hello is None:
+            hello = (
+                b"<enableBLOB device='CCD'>Also</enableBLOB>"
+                if blobs
+                else b"<getProperties version='1.7'/>"
+            )
+        protocol.dataReceived(hello)
         transport.clear()
         return protocol, transport
 
@@ -245,6 +251,16 @@ class BackpressureTests(QueueTestCase):
             self.assertTrue(process.reading)
         self.assertNotIn(stuck, self.router.clients)
         self.assertTrue(stuck_transport.disconnected)
+
+    def test_clients_of_other_devices_do_not_count(self) -> None:
+        """A camera whose only interested client is behind is paused, whatever clients of other devices do."""
+        camera, process, [(slow, _)] = self.camera_with_clients(True)
+        self.connect(hello=b"<getProperties version='1.7' device='Mount'/>")
+        slow.pauseProducing()
+        frame = blob(10 * KiB).replace(b"'CCD'", b"'Cam'")
+        for _ in range(5):
+            camera.outReceived(frame)
+        self.assertFalse(process.reading)
 
     def test_stalled_receiver_stops_holding_back(self) -> None:
         """A receiver that does not catch up once within stall_limit lets the driver go on, and is then cut off."""

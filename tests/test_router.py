@@ -9,10 +9,11 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from indiserv.interest import Interest
 from indiserv.link import CLIENT, DRIVER
 from indiserv.router import KEEPALIVE_TEXT, Router
 
-from .support import RecordingLink
+from .support import GET_ALL, RecordingLink
 
 TELESCOPE_DEF = (
     b"<defNumberVector device='Telescope' name='EQ' perm='rw' state='Idle'>"
@@ -34,6 +35,7 @@ CCD_BLOB = (
     b"<setBLOBVector device='CCD' name='CCD1'><oneBLOB name='CCD1' size='1'"
     b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
 )
+
 NEW_EQ = (
     b"<newNumberVector device='Telescope' name='EQ'><oneNumber name='RA'>3"
     b"</oneNumber></newNumberVector>"
@@ -48,6 +50,9 @@ class RouterTestCase(SynchronousTestCase):
         self.ccd = self.attach(DRIVER, "driver ccd")
         self.alice = self.attach(CLIENT, "client alice")
         self.bob = self.attach(CLIENT, "client bob")
+        # Both clients ask for every device (interest routing has its own tests).
+        self.alice.say(GET_ALL)
+        self.bob.say(GET_ALL)
         self.telescope.say(TELESCOPE_DEF)
         self.ccd.say(CCD_DEF)
         for link in (self.telescope, self.ccd, self.alice, self.bob):
@@ -312,6 +317,90 @@ class SnoopTests(RouterTestCase):
         self.router.remove_link(self.ccd)
         self.telescope.say(TELESCOPE_SET)
         self.assertEqual(self.ccd.tags(), [])
+
+
+class InterestRoutingTests(RouterTestCase):
+    """A client receives a device's traffic only once it has asked about that device."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.carol = self.attach(CLIENT, "client carol")
+
+    def test_silent_client_gets_no_device_traffic(self) -> None:
+        """A client that said nothing gets no definitions, updates or deletions, only the server's own notices."""
+        self.telescope.say(TELESCOPE_DEF + TELESCOPE_SET + b"<message device='Telescope' message='slewing'/>")
+        self.router.remove_link(self.ccd)
+        self.assertEqual(self.carol.tags(), [])
+        self.router.send_message("Dome closing")
+        self.assertEqual([m.attrs["message"] for m in self.carol.take()], ["Dome closing"])
+        self.telescope.say(b"<message message='no device'/>")
+        self.assertEqual(self.carol.tags(), ["message"])
+
+    def test_device_scoped_client(self) -> None:
+        """A client that asked for one device gets that device's traffic only, its deletion included."""
+        self.carol.say(b"<getProperties version='1.7' device='CCD'/>")
+        self.telescope.say(TELESCOPE_SET)
+        self.ccd.say(CCD_DEF)
+        self.router.remove_link(self.telescope)
+        self.router.remove_link(self.ccd)
+        self.assertEqual(
+            [(m.tag, m.device) for m in self.carol.received],
+            [("defBLOBVector", "CCD"), ("delProperty", "CCD")],
+        )
+
+    def test_property_scoped_client(self) -> None:
+        """A client that asked for one property gets that property's updates, not the device's others."""
+        self.carol.say(b"<getProperties version='1.7' device='Telescope' name='EQ'/>")
+        self.telescope.say(TELESCOPE_OTHER_SET + TELESCOPE_SET)
+        self.assertEqual([m.raw for m in self.carol.received], [TELESCOPE_SET])
+
+    def test_one_connection_per_device(self) -> None:
+        """Clients that each asked for one device (PHD2's way) get no traffic of the other's device."""
+        dave = self.attach(CLIENT, "client dave")
+        self.carol.say(b"<getProperties version='1.7' device='Telescope'/>")
+        dave.say(b"<getProperties version='1.7' device='CCD'/>")
+        self.telescope.say(TELESCOPE_SET)
+        self.ccd.say(CCD_DEF)
+        self.assertEqual({m.device for m in self.carol.received}, {"Telescope"})
+        self.assertEqual({m.device for m in dave.received}, {"CCD"})
+
+    def test_echo_only_to_interested_clients(self) -> None:
+        """A client's new*Vector is echoed only to the clients that asked about its device."""
+        self.carol.say(b"<getProperties version='1.7' device='CCD'/>")
+        self.alice.say(NEW_EQ)
+        self.assertEqual([m.raw for m in self.bob.received], [NEW_EQ])
+        self.assertEqual(self.carol.tags(), [])
+
+    def test_blob_only_client_gets_only_blobs(self) -> None:
+        """A client whose one word was enableBLOB Only for a device gets that device's BLOBs and nothing else."""
+        self.carol.say(b"<enableBLOB device='CCD'>Only</enableBLOB>")
+        self.telescope.say(TELESCOPE_DEF + TELESCOPE_SET)
+        self.ccd.say(CCD_DEF + b"<message device='CCD' message='exposing'/>" + CCD_BLOB)
+        self.assertEqual([m.raw for m in self.carol.received], [CCD_BLOB])
+
+    def test_clash_notice_to_interested_clients(self) -> None:
+        """The notice of a device announced twice goes to the clients that asked about that device."""
+        self.carol.say(b"<getProperties version='1.7' device='CCD'/>")
+        self.ccd.say(TELESCOPE_DEF)
+        self.assertEqual(self.carol.tags(), [])
+        self.assertEqual(self.alice.tags(), ["message"])
+
+    def test_interest_table_full(self) -> None:
+        """A client that names more devices than the table holds hears every device, and the server logs it."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        class Small(Interest):
+            max_entries = 2
+
+        self.carol.interest = Small()
+        for device in (b"A", b"B", b"C"):
+            self.carol.say(b"<getProperties version='1.7' device='" + device + b"'/>")
+        self.telescope.say(TELESCOPE_SET)
+        self.assertEqual([m.raw for m in self.carol.received], [TELESCOPE_SET])
+        self.assertEqual(
+            [formatEvent(e) for e in logged if "now receives every device" in formatEvent(e)],
+            ["client carol asked about more than 2 devices and properties;"
+             " it now receives every device's traffic"],
+        )
 
 
 class KeepaliveTests(RouterTestCase):
