@@ -6,8 +6,9 @@ talks to telescopes, cameras, focusers and domes.  indiserv routes INDI
 messages between drivers and clients, as indilib's indiserver does.
 """
 
-from indiserv.service import IndiServer
+# First: the modules imported below read it while this one is being imported.
+__version__ = "0.1.0"
+
+from indiserv.service import IndiServer  # noqa: E402
 
 __all__ = ["IndiServer", "__version__"]
-
-__version__ = "0.1.0"

@@ -9,7 +9,8 @@ L{indiserv.tap.makeService} and runs it, logging to stderr in indiserver's
 manner.  Installed under the name C{indiserver} (see docs/operations.rst),
 it stands in for indiserver without any change to those tools.
 
-As with indiserver: options come first, and parsing stops at the first
+C{-h}/C{--help} prints the usage and C{--version} the version, each on
+stdout with exit status 0.  As with indiserver: options come first, and parsing stops at the first
 argument that does not begin with C{-}; letters may be combined, each
 taking its value from the next argument (C{-vvm 64}); clients may connect
 on every interface; an unknown option, or neither a driver nor C{-f},
@@ -20,6 +21,7 @@ as they are, with their value as the next argument or after C{=}.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -40,7 +42,7 @@ from zope.interface import provider
 
 import indiserv
 from indiserv.service import IndiServer, unix_description
-from indiserv.tap import Options, makeService
+from indiserv.tap import Options, makeService, version_text
 
 __all__ = ["main", "translate", "parse", "usage_text", "indiserver_observer", "local_socket"]
 
@@ -224,6 +226,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """The C{indiserv} console script: C{indiserv [options] driver [driver ...]}."""
     argv = list(sys.argv if argv is None else argv)
     program = os.path.basename(argv[0]) if argv else "indiserv"
+    leading = list(itertools.takewhile(lambda arg: arg.startswith("-"), argv[1:]))
+    if "-h" in leading or "--help" in leading:
+        sys.stdout.write(usage_text(program))
+        sys.exit(0)
+    if "--version" in leading:
+        sys.stdout.write(version_text() + "\n")
+        sys.exit(0)
     try:
         options = parse(argv[1:])
     except usage.UsageError as e:

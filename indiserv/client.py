@@ -292,6 +292,10 @@ class ClientFactory(Factory):
     # "listening on ..." is logged by the server, once and in INDI terms.
     noisy = False
 
+    def logPrefix(self) -> str:
+        """What Twisted's ports call this factory in their own log lines."""
+        return "indiserv"
+
     def __init__(
         self,
         router: Router,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 from typing import Any, Sequence
 
 from twisted.application.service import Service
@@ -82,6 +83,20 @@ def read_in_large_chunks(process: Any) -> None:
 
 class DriverNotFound(Exception):
     """The driver program is neither a path to an executable nor on PATH."""
+
+
+#: Run between fork and the driver's exec, in a Python of its own: the
+#: driver gets a process group of its own, so that the Ctrl-C a terminal
+#: sends to the server's group does not reach it (the server stops its
+#: drivers itself, and a driver dying of that SIGINT would be taken for a
+#: crash).  Twisted's spawnProcess has no such option; the driver keeps
+#: its pid and its argv.
+NEW_PROCESS_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[2:])"
+
+
+def in_own_process_group(executable: str, argv: list[str]) -> tuple[str, list[str]]:
+    """The executable and argv that run C{executable} as C{argv} in a new process group."""
+    return sys.executable, [sys.executable, "-I", "-S", "-c", NEW_PROCESS_GROUP, executable, *argv]
 
 
 def find_driver(program: str) -> str:
@@ -338,16 +353,13 @@ class DriverService(Service):
             protocol.screen = self._debug
         env = dict(os.environ if self.env is None else self.env)
         self._started_at = self.reactor.seconds()
+        executable, argv = in_own_process_group(executable, [self.program, *self.args])
         process = self.reactor.spawnProcess(
-            protocol,
-            executable,
-            [self.program, *self.args],
-            env=env,
-            childFDs={0: "w", 1: "r", 2: "r"},
+            protocol, executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
         )
         read_in_large_chunks(process)
         self.protocol = protocol
-        self.router.event("started {driver}", driver=self.driver_name)
+        self.log.info("started {driver} (pid {pid})", driver=self.driver_name, pid=process.pid)
         protocol.ended.addCallback(self._ended, protocol)
 
     def _ended(self, _: None, protocol: DriverProcessProtocol) -> None:

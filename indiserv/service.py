@@ -15,11 +15,12 @@ import sys
 from datetime import datetime
 from typing import Any, Sequence
 
+import twisted
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import asyncioreactor, defer, process
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import (
     IListeningPort,
     IStreamClientEndpoint,
@@ -32,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+import indiserv
 from indiserv.access import Access
 from indiserv.client import (
     CLIENT_LIMITS,
@@ -257,6 +259,14 @@ class _AnnouncingEndpoint:
         )
 
 
+def _stop_reactor(reactor: Any) -> None:
+    """Stop C{reactor}, unless it is stopping already (Ctrl-C, SIGTERM)."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
 class IndiServer(MultiService):
     """
     An INDI server: listens for clients and serves drivers.
@@ -335,6 +345,7 @@ class IndiServer(MultiService):
         self.listening: defer.Deferred[IListeningPort] = Milestone()
         self.stopped: defer.Deferred[None] = Milestone()
         self.listening_port: IListeningPort | None = None
+        self._announced = False
         self._stop = False
         self._children_stopped = False
         endpoint = serverFromString(self.reactor, endpoint_description(port, host))
@@ -388,7 +399,7 @@ class IndiServer(MultiService):
         address = port.getHost()
         if hasattr(address, "port"):
             self.port = address.port
-        self.log.info("listening on {address}", address=address)
+        self.log.info("listening on {address}", address=describe(address))
         self.listening.callback(port)
         return port
 
@@ -544,7 +555,23 @@ class IndiServer(MultiService):
         self.router.send_message(message, timestamp)
         return defer.succeed(None)
 
+    def privilegedStartService(self) -> None:
+        # twistd binds the listeners here, before startService.
+        self._announce()
+        super().privilegedStartService()
+
+    def _announce(self) -> None:
+        """The first line of a start: which indiserv this is."""
+        if not self._announced:
+            self._announced = True
+            self.log.info(
+                "indiserv {version} starting (INDI protocol 1.7, Twisted {twisted})",
+                version=indiserv.__version__,
+                twisted=twisted.__version__,
+            )
+
     def startService(self) -> None:
+        self._announce()
         try:
             super().startService()
         except BaseException as e:
@@ -663,9 +690,7 @@ class IndiServer(MultiService):
 
         reactor.callWhenRunning(start)
         reactor.addSystemEventTrigger("before", "shutdown", self._stop_with_reactor)
-        self.stopped.addCallback(
-            lambda _: reactor.stop() if reactor.running else None
-        )
+        self.stopped.addCallback(lambda _: _stop_reactor(reactor))
         reactor.run()
 
     async def asyncrun(self) -> None:

@@ -238,6 +238,10 @@ def main() -> int:
     except BrokenPipeError:
         # The server went away; silence the flush Python retries at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        # Leaving already: a SIGTERM now (the server stopping us after our
+        # input ended) must not raise inside the interpreter's shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 

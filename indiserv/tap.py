@@ -9,9 +9,12 @@ import math
 import re
 import shlex
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
+import twisted
 from twisted.python import usage
+
+import indiserv
 
 from indiserv.access import Access, AccessError
 from indiserv.client import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
@@ -28,6 +31,11 @@ from indiserv.service import (
 from indiserv.wire import Limits
 
 __all__ = ["Options", "makeService"]
+
+
+def version_text() -> str:
+    """What C{--version} prints: indiserv's version, INDI's and Twisted's."""
+    return f"indiserv {indiserv.__version__} (INDI protocol 1.7, Twisted {twisted.__version__})"
 
 
 class Options(usage.Options):
@@ -213,6 +221,11 @@ class Options(usage.Options):
         self["remotes"] = []
         self["ipydrivers"] = []
         self["peers"] = []
+
+    def opt_version(self) -> NoReturn:
+        """Print indiserv's version (and Twisted's), and exit."""
+        print(version_text())
+        sys.exit(0)
 
     def opt_peer(self, address: str) -> None:
         """

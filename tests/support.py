@@ -381,6 +381,9 @@ def executable_script(directory: str, name: str, command: str) -> str:
     return path
 
 
+#: The server's log line saying which TCP port it listens on.
+LISTENING = rb"listening on \S*:(\d+)\s"
+
 #: What a client says to hear every device.
 GET_ALL = b"<getProperties version='1.7'/>"
 

@@ -23,14 +23,15 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import cli
 from indiserv.cli import DEFAULTS, indiserver_observer, parse, translate
+from indiserv.tap import version_text
 from indiserv.tap import Options, makeService
 
 from .support import (
-    PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, network_namespace, require_command,
+    LISTENING, PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, TestClient, child_env, free_port, network_namespace, require_command,
     require_module, require_programs, serve, write_fifo,
 )
 from .test_interop import LIBINDICLIENT_EXPOSURE
-from .test_tap import _Collect
+from .test_tap import _Collect, interrupted
 
 ABSTRACT = sys.platform.startswith("linux")
 
@@ -221,6 +222,42 @@ class MainUsageTests(SynchronousTestCase):
             self.assertIn(f"\n {flag} ", text)
         self.assertIn("\ndriver    : executable or [device]@host[:port]\n", text)
 
+    def test_help(self) -> None:
+        """-h and --help print the usage on stdout and exit 0, before anything else is read."""
+        for flag in ("-h", "--help"):
+            stdout = io.StringIO()
+            self.patch(sys, "stdout", stdout)
+            code, text = self.run_main("-v", flag, "no-such-driver")
+            self.assertEqual((code, text), (0, ""))
+            self.assertTrue(stdout.getvalue().startswith("Usage: indiserver [options] driver [driver ...]\n"))
+
+    def test_version(self) -> None:
+        """--version prints indiserv's version, INDI's and Twisted's on stdout and exits 0."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        code, text = self.run_main("--version")
+        self.assertEqual((code, text), (0, ""))
+        self.assertEqual(stdout.getvalue(), version_text() + "\n")
+        self.assertRegex(version_text(), r"^indiserv \d+\.\d+\.\d+ \(INDI protocol 1\.7, Twisted \d")
+
+    def test_help(self) -> None:
+        """-h and --help print the usage on stdout and exit 0, before anything else is read."""
+        for flag in ("-h", "--help"):
+            stdout = io.StringIO()
+            self.patch(sys, "stdout", stdout)
+            code, text = self.run_main("-v", flag, "no-such-driver")
+            self.assertEqual((code, text), (0, ""))
+            self.assertTrue(stdout.getvalue().startswith("Usage: indiserver [options] driver [driver ...]\n"))
+
+    def test_version(self) -> None:
+        """--version prints indiserv's version, INDI's and Twisted's on stdout and exits 0."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        code, text = self.run_main("--version")
+        self.assertEqual((code, text), (0, ""))
+        self.assertEqual(stdout.getvalue(), version_text() + "\n")
+        self.assertRegex(version_text(), r"^indiserv \d+\.\d+\.\d+ \(INDI protocol 1\.7, Twisted \d")
+
     def test_nothing_to_serve(self) -> None:
         """With no drivers and no FIFO it says so, prints the usage and exits 2, as indiserver exits."""
         code, text = self.run_main("-v")
@@ -286,7 +323,6 @@ class EntryPointTests(SynchronousTestCase):
         self.assertEqual(unit["Service"]["KillMode"], "mixed")
 
 
-LISTENING = rb"listening on .*port=(\d+)"
 
 # indiwebmanager's class for running indiserver, as its web application
 # drives it: start the server with two drivers, stop one, stop the server.
@@ -551,6 +587,35 @@ class CommandTests(TestCase):
             f"cannot start: cannot use {fifo} as the FIFO: No such file or directory", watch.output.decode()
         )
         self.assertNotIn("Traceback", watch.output.decode())
+
+    @defer.inlineCallbacks
+    def test_python_m_indiserv(self):
+        """python -m indiserv is the indiserv command."""
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "indiserv", "--version"], env=self.env, path=self.home
+        )
+        self.assertEqual((out.decode(), code), (version_text() + "\n", 0), err)
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "indiserv", "-Z"], env=self.env, path=self.home
+        )
+        self.assertEqual(code, 2)
+        self.assertTrue(err.startswith(b"indiserv: unknown option -Z\n"), err)
+
+    @defer.inlineCallbacks
+    def test_ctrl_c(self):
+        """Ctrl-C (SIGINT to the command's whole process group) stops indiserv: exit 0, no traceback, no restart, the driver reaped."""
+        require_programs("indi_simulator_telescope")
+        output, ended, drivers = yield interrupted(
+            self,
+            [sys.executable, "-m", "indiserv", "-v", "-p", "0", "-u", f"/tmp/indiserv-test-{os.getpid()}-int",
+             "indi_simulator_telescope"],
+            rb"Telescope Simulator",
+            env=self.env,
+            path=self.home,
+        )
+        self.assertEqual(ended.exitCode, 0, output)
+        self.assertEqual(len(drivers), 1)
+        self.assertIn("indi_simulator_telescope stopped: killed by signal 15", output)  # its TERM from the server
 
     @defer.inlineCallbacks
     def test_usage_exit(self):

@@ -283,7 +283,7 @@ class ControlUnitTests(SynchronousTestCase):
         self.assertEqual(driver.program, program)
         self.assertEqual(driver.driver_name, "indi_mine")
         self.assertEqual(driver.env["INDIPREFIX"], prefix)
-        self.assertEqual(self.reactor.spawned[-1][0], program)
+        self.assertEqual(self.reactor.spawned[-1][1][-2:], [program, program])
 
     def test_duplicate_start_refused(self) -> None:
         """A second start of a running driver under the same device name is refused with a log line."""

@@ -5,6 +5,7 @@ Tests for L{indiserv.driver}: executable drivers as links.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 
@@ -16,7 +17,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from indiserv.driver import DriverNotFound, DriverService, find_driver
+from indiserv.driver import DriverNotFound, DriverService, find_driver, in_own_process_group
 from indiserv.link import CLIENT, DRIVER
 from indiserv.router import Router
 
@@ -28,6 +29,8 @@ DEVICE = "indiserv Simulator"
 
 class FakeProcess:
     """The process transport a fake reactor hands out: records signals."""
+
+    pid = 4242
 
     def __init__(self) -> None:
         self.signals: list[str] = []
@@ -99,8 +102,7 @@ class DriverServiceUnitTests(SynchronousTestCase):
         """The driver starts on pipes with its arguments and is asked for its properties."""
         self.service.startService()
         ((executable, args, child_fds),) = self.reactor.spawned
-        self.assertEqual(os.path.basename(executable), "sh")
-        self.assertEqual(args, ["sh", "-c", "cat"])
+        self.assertEqual((executable, args), in_own_process_group(shutil.which("sh"), ["sh", "-c", "cat"]))
         self.assertEqual(child_fds, {0: "w", 1: "r", 2: "r"})
         self.assertEqual(
             self.service.protocol.transport.written, [b'<getProperties version="1.7"/>\n']
@@ -267,6 +269,17 @@ class RealDriverTests(TestCase):
         service, client = self.start(*SIMULATOR)
         yield client.wait_for(lambda m: m.tag == "defSwitchVector" and m.name == "CONNECTION")
         self.assertIs(service.router.owners[DEVICE], service.protocol)
+
+    @defer.inlineCallbacks
+    def test_own_process_group(self):
+        """The driver runs in a process group of its own (a terminal's Ctrl-C to the server's group misses it), under its own argv."""
+        service, client = self.start(*SIMULATOR)
+        yield client.wait_for(lambda m: m.tag.startswith("def"))
+        pid = service.protocol.transport.pid
+        self.assertEqual(os.getpgid(pid), pid)
+        self.assertNotEqual(os.getpgid(pid), os.getpgid(0))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            self.assertEqual(f.read().split(b"\0")[:-1], [arg.encode() for arg in SIMULATOR])
 
     @defer.inlineCallbacks
     def test_stderr_logged_with_name(self):

@@ -34,6 +34,7 @@ from indiserv.simulator import DEVICE, Simulator
 from .ipydrivers import CAMERA, FRAME, FRAME_WATCHER, THERMOSTAT, WATCHER, camera, thermostat
 from .support import (
     GET_ALL,
+    LISTENING,
     PACKAGE_ROOT,
     child_env,
     attached_client,
@@ -295,7 +296,6 @@ asyncio.run(server.asyncrun())
 
 
 #: What a server program logs once it listens, with its port.
-LISTENING = rb"listening on .*port=(\d+)"
 
 
 class ProgramTestCase(TestCase):

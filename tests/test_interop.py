@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from indiserv import IndiServer
 
 from .support import (
-    PACKAGE_ROOT, child_env, client_of, connect_client, free_port, require_module, require_programs, serve,
+    LISTENING, PACKAGE_ROOT, child_env, client_of, connect_client, free_port, require_module, require_programs, serve,
 )
 from .test_tap import TWISTD, _Collect
 
@@ -173,7 +173,7 @@ class GetPropTests(InteropTestCase):
     @defer.inlineCallbacks
     def test_twistd_serves_both_simulators(self):
         """indi_getprop lists both devices served by twistd -n indiserver."""
-        watch = _Collect(rb"listening on .*port=(\d+)")
+        watch = _Collect(LISTENING)
         process = reactor.spawnProcess(
             watch, sys.executable,
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0",

@@ -30,10 +30,13 @@ from .support import (
     client_of,
     connect_client,
     load_example,
+    logged,
+    logged_text,
     require_programs,
     serve,
 )
 from .test_driver import FakeProcessReactor
+from .test_tap import interrupted
 
 SIMULATOR = "indiserv Simulator"
 SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
@@ -366,6 +369,37 @@ class GraceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
+# IndiServer.run() as a program runs it, serving indilib's telescope.
+RUNS = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from indiserv import IndiServer
+server = IndiServer(port=0)
+server.add_exdriver("indi_simulator_telescope")
+server.run()
+print("run() returned", flush=True)
+"""
+
+
+class RunTests(TestCase):
+    """IndiServer.run(), the IPyServer way of serving."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_ctrl_c(self):
+        """Ctrl-C (SIGINT to the program's whole process group) ends run() cleanly: no traceback, no restart, the driver reaped, exit 0."""
+        require_programs("indi_simulator_telescope")
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        output, ended, drivers = yield interrupted(
+            self, [sys.executable, "-c", RUNS], rb"HaAxis", env=child_env(HOME=home), path=home
+        )
+        self.assertEqual(ended.exitCode, 0, output)
+        self.assertEqual(len(drivers), 1)
+        self.assertIn("run() returned", output)
+
+
 class ExtraListenerTests(TestCase):
     """add_listener: clients on a unix socket as well as on TCP."""
 
@@ -431,6 +465,25 @@ class ExtraListenerTests(TestCase):
         refused.say(b"<getProperties version='1.7'/>")
         said = yield refused.wait_for(lambda m: m.tag == "message")
         self.assertIn("full", said.attrs["message"])
+
+    @defer.inlineCallbacks
+    def test_optional_listener_taken(self):
+        """A listener not required that cannot listen is logged as a warning, and the server serves on without it."""
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("abstract unix sockets are Linux only")
+        warned = logged(self, "going on without it")
+        name = f"@/tmp/indiserv-test-{os.getpid()}-{id(self)}"
+        first = yield serve(self)
+        first.add_listener(unix_description(name))
+        second = yield serve(self)
+        second.add_listener(unix_description(name), required=False)
+        event = yield warned
+        self.assertEqual(
+            logged_text(event),
+            f"not listening on unix:{name}:lockfile=0: [Errno 98] Address already in use; going on without it",
+        )
+        yield attached_client(self, second)
+        yield second.shutdown()  # and it stops as any other
 
     def test_cannot_listen(self) -> None:
         """A listener that cannot listen stops startup with an error."""

@@ -4,6 +4,7 @@ Tests for L{indiserv.tap} and the twistd plugin: options, service, discovery.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -21,10 +22,14 @@ from zope.interface.verify import verifyObject
 
 from indiserv.control import FifoControl
 from indiserv.daylog import DayLog
+from indiserv.driver import in_own_process_group
 from indiserv.service import IndiServer
-from indiserv.tap import Options, makeService
+from indiserv.tap import Options, makeService, version_text
 
-from .support import PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, connect_client, executable_script, free_port, process_running
+from .support import (
+    LISTENING, PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, child_processes, connect_client, executable_script,
+    free_port, process_running,
+)
 
 
 def parse(*argv: str) -> Options:
@@ -34,6 +39,14 @@ def parse(*argv: str) -> Options:
 
 
 class OptionsTests(SynchronousTestCase):
+    def test_version(self) -> None:
+        """--version prints indiserv's version (not only Twisted's) and exits 0."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        exited = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(exited.code, 0)
+        self.assertEqual(stdout.getvalue(), version_text() + "\n")
+
     def test_defaults(self) -> None:
         """Without options: port 7624 on localhost, 10 connections, keepalive 30, quiet."""
         options = parse()
@@ -283,6 +296,37 @@ class _Collect(ProcessProtocol):
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
+@defer.inlineCallbacks
+def interrupted(testcase: TestCase, argv: list[str], ready: bytes, **spawn: object):
+    """
+    Run the server C{argv} in a process group of its own, as a terminal
+    runs a command; once C{ready} is in its output, send SIGINT to that whole
+    group, as Ctrl-C does.  Fires with its output, how it ended (the
+    ProcessDone or ProcessTerminated) and the pids of the drivers it ran,
+    once it has exited; fails the test if the output shows a traceback or a
+    driver restarting, or a driver is left.
+    """
+    output = _Collect(ready)
+    executable, group_argv = in_own_process_group(argv[0], argv)
+    process = reactor.spawnProcess(output, executable, group_argv, **spawn)
+    testcase.addCleanup(lambda: output.ended if output.ended.called else _end(process, output))
+    yield output.seen
+    drivers = [pid for pid, _ in child_processes(process.pid)]
+    os.killpg(process.pid, signal.SIGINT)
+    yield output.ended
+    text = output.output.decode("utf-8", "replace")
+    testcase.assertNotIn("Traceback", text)
+    testcase.assertNotIn("Unhandled", text)
+    testcase.assertNotRegex(text, r"restart(ing)? ")
+    testcase.assertEqual([pid for pid in drivers if process_running(pid)], [])
+    return text, output.reason.value, drivers
+
+
+def _end(process: object, output: _Collect) -> defer.Deferred[None]:
+    process.signalProcess("KILL")  # type: ignore[attr-defined]
+    return output.ended
+
+
 class TwistdSmokeTests(TestCase):
     """The command users run: twistd -n indiserver."""
 
@@ -292,7 +336,7 @@ class TwistdSmokeTests(TestCase):
     def test_twistd_serves_driver(self):
         """twistd -n indiserver serves the demo driver to a TCP client and stops on SIGTERM."""
         script = executable_script(os.path.abspath(self.mktemp()), "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
-        output = _Collect(rb"listening on .*port=(\d+)")
+        output = _Collect(LISTENING)
         process = reactor.spawnProcess(
             output,
             sys.executable,
@@ -312,11 +356,28 @@ class TwistdSmokeTests(TestCase):
         self.assertIn(b"indiserv-simulator: serving device", output.output)
 
     @defer.inlineCallbacks
+    def test_ctrl_c(self):
+        """Ctrl-C (SIGINT to twistd's whole process group) stops twistd -n indiserver: no traceback, no restart, the driver reaped; twistd then ends by the same signal, as is its way."""
+        script = executable_script(os.path.abspath(self.mktemp()), "indiserv-test-simulator", SIMULATOR_COMMAND_LINE)
+        output, ended, drivers = yield interrupted(
+            self,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", "0", "--host", "127.0.0.1",
+             script],
+            rb"serving device",
+            env=child_env(),
+            path=PACKAGE_ROOT,
+        )
+        self.assertEqual((ended.exitCode, ended.signal), (None, signal.SIGINT), output)
+        self.assertEqual(len(drivers), 1)
+        self.assertIn("Received SIGINT, shutting down.", output)
+        self.assertIn("indiserv-test-simulator stopped: exited", output)  # its stdin closed by the server
+
+    @defer.inlineCallbacks
     def test_sigterm_with_unread_blob(self):
         """On SIGTERM twistd indiserver exits within --grace while a client with a BLOB queued for it reads nothing."""
         from .test_link import BLOB_DRIVER, START
 
-        output = _Collect(rb"listening on .*port=(\d+)")
+        output = _Collect(LISTENING)
         reactor.spawnProcess(
             output,
             sys.executable,
@@ -365,7 +426,7 @@ class TwistdSmokeTests(TestCase):
         defined = yield client.wait_for(lambda m: m.tag == "defSwitchVector")
         self.assertEqual(defined.device, "indiserv Simulator")
         with open(logfile) as f:
-            self.assertIn(f"listening on IPv4Address(type='TCP', host='127.0.0.1', port={port})", f.read())
+            self.assertIn(f"listening on 127.0.0.1:{port}\n", f.read())
         os.kill(pid, signal.SIGTERM)
         said = yield client.wait_for(lambda m: m.tag == "message" and m.device is None)
         self.assertIn("shut", said.attrs["message"].lower())
