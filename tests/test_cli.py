@@ -240,24 +240,6 @@ class MainUsageTests(SynchronousTestCase):
         self.assertEqual(stdout.getvalue(), version_text() + "\n")
         self.assertRegex(version_text(), r"^indiserv \d+\.\d+\.\d+ \(INDI protocol 1\.7, Twisted \d")
 
-    def test_help(self) -> None:
-        """-h and --help print the usage on stdout and exit 0, before anything else is read."""
-        for flag in ("-h", "--help"):
-            stdout = io.StringIO()
-            self.patch(sys, "stdout", stdout)
-            code, text = self.run_main("-v", flag, "no-such-driver")
-            self.assertEqual((code, text), (0, ""))
-            self.assertTrue(stdout.getvalue().startswith("Usage: indiserver [options] driver [driver ...]\n"))
-
-    def test_version(self) -> None:
-        """--version prints indiserv's version, INDI's and Twisted's on stdout and exits 0."""
-        stdout = io.StringIO()
-        self.patch(sys, "stdout", stdout)
-        code, text = self.run_main("--version")
-        self.assertEqual((code, text), (0, ""))
-        self.assertEqual(stdout.getvalue(), version_text() + "\n")
-        self.assertRegex(version_text(), r"^indiserv \d+\.\d+\.\d+ \(INDI protocol 1\.7, Twisted \d")
-
     def test_nothing_to_serve(self) -> None:
         """With no drivers and no FIFO it says so, prints the usage and exits 2, as indiserver exits."""
         code, text = self.run_main("-v")
