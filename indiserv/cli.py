@@ -29,6 +29,7 @@ import time
 from typing import IO, Any, NoReturn
 
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import react
 from twisted.logger import (
     ILogObserver,
@@ -41,7 +42,7 @@ from twisted.python import usage
 from zope.interface import provider
 
 import indiserv
-from indiserv.service import IndiServer, unix_description
+from indiserv.service import IndiServer, listen_problem, unix_description
 from indiserv.tap import Options, makeService, version_text
 
 __all__ = ["main", "translate", "parse", "usage_text", "indiserver_observer", "local_socket"]
@@ -210,10 +211,16 @@ _log = Logger(namespace="indiserv.cli")
 def serve(reactor: Any, server: IndiServer) -> defer.Deferred[None]:
     """
     Run C{server} until the reactor stops (SIGTERM, SIGINT); fail with
-    C{SystemExit(1)} if it cannot start.
+    C{SystemExit(2)} if it cannot listen where asked (a usage mistake: the
+    line logged says what to change), C{SystemExit(1)} if it cannot start
+    for another reason.
     """
     try:
         server.startService()
+    except CannotListenError as e:
+        _log.error("{why}", why=listen_problem(e))
+        _log.error("good bye")
+        return defer.fail(SystemExit(2))
     except Exception as e:
         _log.error("cannot start: {why}", why=e)
         _log.error("good bye")

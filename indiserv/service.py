@@ -10,7 +10,10 @@ any Twisted application via C{setServiceParent}.
 from __future__ import annotations
 
 import asyncio
+import errno
+import re
 import signal
+import socket
 import sys
 from datetime import datetime
 from typing import Any, Sequence
@@ -62,6 +65,7 @@ __all__ = [
     "IndiServer",
     "Milestone",
     "endpoint_description",
+    "listen_problem",
     "tls_options",
     "SHUTDOWN_TEXT",
     "DEFAULT_GRACE",
@@ -75,18 +79,59 @@ DEFAULT_GRACE = 5.0
 DRIVER_SHARE = 0.8
 
 
+#: The first words of the server endpoint strings of Twisted and its usual
+#: plugins: C{HOST:PORT} with any other host is a host and a port.
+ENDPOINT_TYPES = frozenset(("tcp", "tcp6", "ssl", "tls", "unix", "systemd", "le", "lets", "onion"))
+
+_HOST_AND_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):(\d+)$")
+
+
 def endpoint_description(port: int | str, host: str = "localhost") -> str:
     """
     A Twisted server endpoint string for C{port}.
 
-    A number (or a string of digits) listens on TCP at C{host}; anything else
-    is taken as an endpoint string already, such as C{tcp:7624:interface=::}
-    or C{unix:/run/indi.sock}.
+    A number (or a string of digits) listens on TCP at C{host}; C{HOST:PORT}
+    (C{localhost:7624}, C{127.0.0.1:7624}, C{[::1]:7624}), what users type,
+    listens on TCP at that host; anything else is taken as an endpoint string
+    already, such as C{tcp:7624:interface=::} or C{unix:/run/indi.sock}.
     """
     if isinstance(port, int) or str(port).isdigit():
-        interface = host.replace(":", "\\:")
-        return f"tcp:{int(port)}:interface={interface}"
+        return _tcp_description(int(port), host)
+    given = _HOST_AND_PORT.match(str(port))
+    if given is not None and given.group(1) not in ENDPOINT_TYPES:
+        return _tcp_description(int(given.group(2)), given.group(1).strip("[]"))
     return str(port)
+
+
+def _tcp_description(port: int, host: str) -> str:
+    interface = host.replace(":", "\\:")
+    return f"tcp:{port}:interface={interface}"
+
+
+def listen_problem(error: CannotListenError) -> str:
+    """
+    One line for a user whose server cannot listen where asked: where, why,
+    and what to do about it.
+    """
+    where = str(error.port).replace("\0", "@")
+    if error.interface:
+        where = f"{error.interface}:{where}"
+    reason = error.socketError
+    number = getattr(reason, "errno", None)
+    if isinstance(reason, socket.gaierror):
+        why = (
+            f"there is no host {error.interface!r}; give --host an address of this"
+            " machine (127.0.0.1; 0.0.0.0 for every interface)"
+        )
+    elif number == errno.EADDRINUSE:
+        why = "the address is in use (another INDI server?); stop that one, or choose another port"
+    elif number == errno.EADDRNOTAVAIL:
+        why = "that is not an address of this machine; give --host one of its addresses, or 0.0.0.0"
+    elif number == errno.EACCES:
+        why = "permission denied (ports below 1024 need root); choose another port"
+    else:
+        why = str(getattr(reason, "strerror", None) or reason)
+    return f"cannot listen on {where}: {why}"
 
 
 def unix_description(path: str) -> str:

@@ -12,25 +12,26 @@ import sys
 from typing import Any, NoReturn
 
 import twisted
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 import indiserv
-
 from indiserv.access import Access, AccessError
 from indiserv.client import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING
-from indiserv.driver import DriverNotFound, find_driver
+from indiserv.driver import DriverNotFound, DriverService, find_driver
 from indiserv.inprocess import WrongReactor, require_asyncio_reactor
 from indiserv.remote import parse_remote
 from indiserv.service import (
     DEFAULT_GRACE,
     IndiServer,
     endpoint_description,
+    listen_problem,
     tls_options,
     unix_description,
 )
 from indiserv.wire import Limits
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "TwistdServer", "version_text"]
 
 
 def version_text() -> str:
@@ -309,10 +310,6 @@ class Options(usage.Options):
         for command in self["drivers"]:
             if not command:
                 raise usage.UsageError("empty driver name")
-            try:
-                find_driver(command[0])
-            except DriverNotFound as e:
-                raise usage.UsageError(str(e))
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["require-client-cert"] and not self["tls-cert"]:
@@ -360,6 +357,33 @@ def megabytes(value: float) -> int:
     return int(value * 1024 * 1024)
 
 
+class TwistdServer(IndiServer):
+    """
+    The server as twistd starts it: a start that cannot go ahead (a driver
+    that is not there, a port that cannot be listened on) ends twistd with
+    one plain line and exit status 2, not with a traceback or a page of
+    usage.  Started as a plain service (the C{indiserv} command, a parent
+    service), it is an L{IndiServer} like any other: a missing driver is
+    logged and the others served, as indiserver does.
+    """
+
+    def privilegedStartService(self) -> None:
+        for child in self:
+            if isinstance(child, DriverService):
+                try:
+                    find_driver(child.program)
+                except DriverNotFound as e:
+                    self._give_up(f"{e}; install it, or give its path")
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self._give_up(listen_problem(e))
+
+    def _give_up(self, why: str) -> NoReturn:
+        self.log.error("{why}", why=why)
+        raise SystemExit(2)
+
+
 def makeService(config: Options, reactor: Any = None) -> IndiServer:
     """Build the server twistd will run from parsed L{Options}."""
     shape = {
@@ -368,7 +392,7 @@ def makeService(config: Options, reactor: Any = None) -> IndiServer:
         "max_depth": config["max-depth"],
         "max_markup": config["max-markup"],
     }
-    server = IndiServer(
+    server = TwistdServer(
         *(make() for make in config["ipydrivers"]),
         host=config["host"],
         port=config["endpoint"],

@@ -192,13 +192,12 @@ class ParseTests(SynchronousTestCase):
 
     def test_option_names_in_paths_left_alone(self) -> None:
         """Only whole option names become letters: a path holding --port in a message keeps it."""
-        error = self.assertRaises(UsageError, parse, ["/opt/x--port/indi_no_such_driver"])
-        self.assertIn("/opt/x--port/indi_no_such_driver", str(error))
+        error = self.assertRaises(UsageError, parse, ["-m", "/opt/x--port/7", "sh"])
+        self.assertIn("/opt/x--port/7", str(error))
 
-    def test_driver_checked(self) -> None:
-        """A driver that is not on PATH is a usage error, before anything starts."""
-        error = self.assertRaises(UsageError, parse, ["indi_no_such_driver"])
-        self.assertIn("indi_no_such_driver", str(error))
+    def test_driver_not_checked(self) -> None:
+        """A driver that is not on PATH is no usage error: as with indiserver, the others are served (see CommandTests)."""
+        self.assertEqual(parse(["indi_no_such_driver"])["drivers"], [["indi_no_such_driver"]])
 
     def test_unreadable_driver_word(self) -> None:
         """A driver word with an unbalanced quote is a usage error, not a crash."""
@@ -569,6 +568,30 @@ class CommandTests(TestCase):
             f"cannot start: cannot use {fifo} as the FIFO: No such file or directory", watch.output.decode()
         )
         self.assertNotIn("Traceback", watch.output.decode())
+
+    @defer.inlineCallbacks
+    def test_missing_driver_others_served(self):
+        """A driver that is not on PATH is logged, and the other drivers served, as indiserver does."""
+        require_programs("indi_simulator_telescope", "indi_getprop")
+        watch = self.indiserv("-p", "0", "indi_no_such_driver", "indi_simulator_telescope")
+        listening = yield watch.seen
+        yield watch.wait_for(rb"cannot start indi_no_such_driver: driver 'indi_no_such_driver' is not an executable on PATH")
+        code, lines = yield self.getprop(int(listening.group(1)), "Telescope Simulator.CONNECTION.*")
+        self.assertEqual(code, 0, watch.output)
+
+    @defer.inlineCallbacks
+    def test_busy_port(self):
+        """A port in use: one plain line saying so and what to do, good bye, exit status 2."""
+        taken = yield serve(self)
+        watch = self.indiserv("-p", str(taken.port), "sh", pattern=rb"good bye")
+        yield watch.ended
+        self.assertEqual(watch.reason.value.exitCode, 2)
+        self.assertRegex(
+            watch.output.decode(),
+            rf": cannot listen on 0\.0\.0\.0:{taken.port}: the address is in use \(another INDI server\?\);"
+            r" stop that one, or choose another port\n[^\n]*: good bye\n",
+        )
+        self.assertNotIn(b"Traceback", watch.output)
 
     @defer.inlineCallbacks
     def test_python_m_indiserv(self):

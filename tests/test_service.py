@@ -4,8 +4,10 @@ Tests for L{indiserv.service.IndiServer}: the public server object, over real TC
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -20,7 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from indiserv import IndiServer
 from indiserv.client import ClientProtocol
-from indiserv.service import SHUTDOWN_TEXT, endpoint_description, unix_description
+from indiserv.service import SHUTDOWN_TEXT, endpoint_description, listen_problem, unix_description
 
 from .support import (
     PACKAGE_ROOT,
@@ -42,7 +44,45 @@ SIMULATOR = "indiserv Simulator"
 SIMULATOR_COMMAND = [sys.executable, "-m", "indiserv.simulator"]
 
 
+class ListenProblemTests(SynchronousTestCase):
+    def problem(self, interface: str, port: object, error: BaseException) -> str:
+        return listen_problem(CannotListenError(interface, port, error))
+
+    def test_in_use(self) -> None:
+        """A port in use: said in words, with what to do."""
+        self.assertEqual(
+            self.problem("0.0.0.0", 7624, OSError(errno.EADDRINUSE, "Address already in use")),
+            "cannot listen on 0.0.0.0:7624: the address is in use (another INDI server?);"
+            " stop that one, or choose another port",
+        )
+
+    def test_others(self) -> None:
+        """Unknown hosts, foreign addresses, privileged ports, unix sockets: each said in words."""
+        self.assertIn(
+            "there is no host 'nohost'; give --host an address of this machine",
+            self.problem("nohost", 7624, socket.gaierror(-2, "Name or service not known")),
+        )
+        self.assertIn(
+            "that is not an address of this machine",
+            self.problem("10.9.9.9", 7624, OSError(errno.EADDRNOTAVAIL, "Cannot assign")),
+        )
+        self.assertIn("ports below 1024 need root", self.problem("", 624, OSError(errno.EACCES, "Permission denied")))
+        self.assertEqual(
+            self.problem(None, "\0/tmp/indiserver", OSError(errno.EPERM, "Operation not permitted")),
+            "cannot listen on @/tmp/indiserver: Operation not permitted",
+        )
+
+
 class EndpointDescriptionTests(SynchronousTestCase):
+    def test_host_and_port(self) -> None:
+        """HOST:PORT, as users type it, is TCP on that host; endpoint strings stay as they are."""
+        self.assertEqual(endpoint_description("localhost:7624"), "tcp:7624:interface=localhost")
+        self.assertEqual(endpoint_description("127.0.0.1:7000", "0.0.0.0"), "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(endpoint_description("[::1]:7624"), "tcp:7624:interface=\\:\\:1")
+        self.assertEqual(endpoint_description("observatory:7624"), "tcp:7624:interface=observatory")
+        for description in ("tcp:7624", "unix:/run/indi.sock", "ssl:7624", "systemd:domain=INET:index=0"):
+            self.assertEqual(endpoint_description(description), description)
+
     def test_number(self) -> None:
         """A port number listens on TCP at the given host."""
         self.assertEqual(endpoint_description(7624, "localhost"), "tcp:7624:interface=localhost")

@@ -28,7 +28,7 @@ from indiserv.tap import Options, makeService, version_text
 
 from .support import (
     LISTENING, PACKAGE_ROOT, SIMULATOR_COMMAND_LINE, child_env, child_processes, connect_client, executable_script,
-    free_port, process_running,
+    free_port, process_running, serve,
 )
 
 
@@ -94,10 +94,9 @@ class OptionsTests(SynchronousTestCase):
         """A remote whose port is not a number is a usage error."""
         self.assertRaises(UsageError, parse, "--remote", "far:seven")
 
-    def test_missing_driver(self) -> None:
-        """A driver that is not on PATH is a usage error naming it."""
-        error = self.assertRaises(UsageError, parse, "indi_no_such_driver")
-        self.assertIn("indi_no_such_driver", str(error))
+    def test_missing_driver_not_a_usage_error(self) -> None:
+        """A driver that is not on PATH is no usage error (twistd would print its whole usage): the start says so."""
+        self.assertEqual(parse("indi_no_such_driver")["drivers"], [["indi_no_such_driver"]])
 
     def test_bad_ipydriver(self) -> None:
         """--ipydriver needs MODULE:FACTORY naming something importable; each fault is a usage error saying which."""
@@ -371,6 +370,60 @@ class TwistdSmokeTests(TestCase):
         self.assertEqual(len(drivers), 1)
         self.assertIn("Received SIGINT, shutting down.", output)
         self.assertIn("indiserv-test-simulator stopped: exited", output)  # its stdin closed by the server
+
+    @defer.inlineCallbacks
+    def twistd_mistake(self, *args: str):
+        """Run twistd -n indiserver ARGS to its end: its output and exit status."""
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-c", TWISTD, "-n", "--pidfile=", "indiserver", *args],
+            env=child_env(), path=PACKAGE_ROOT,
+        )
+        output = (out + err).decode()
+        self.assertNotIn("Traceback", output)
+        return output, code
+
+    @defer.inlineCallbacks
+    def test_busy_port(self):
+        """A port in use ends twistd with one plain line saying so and what to do, exit status 2."""
+        taken = yield serve(self)
+        output, code = yield self.twistd_mistake("--port", str(taken.port), "--host", "127.0.0.1", "sh")
+        self.assertEqual(code, 2, output)
+        self.assertIn(
+            f"cannot listen on 127.0.0.1:{taken.port}: the address is in use (another INDI server?);"
+            " stop that one, or choose another port\n",
+            output,
+        )
+
+    @defer.inlineCallbacks
+    def test_unknown_host(self):
+        """A --host that does not resolve ends twistd with one plain line, exit status 2."""
+        output, code = yield self.twistd_mistake("--port", "0", "--host", "no-such-host.invalid", "sh")
+        self.assertEqual(code, 2, output)
+        self.assertIn("cannot listen on no-such-host.invalid:0: there is no host 'no-such-host.invalid';", output)
+
+    @defer.inlineCallbacks
+    def test_missing_driver(self):
+        """A driver that is not on PATH ends twistd with one plain line naming it, exit status 2, and no usage page."""
+        output, code = yield self.twistd_mistake("--port", "0", "indi_no_such_driver")
+        self.assertEqual(code, 2, output)
+        self.assertIn("driver 'indi_no_such_driver' is not an executable on PATH; install it, or give its path\n", output)
+        self.assertNotIn("--max-queue", output)
+
+    @defer.inlineCallbacks
+    def test_host_and_port(self):
+        """--port HOST:PORT, as users type it, listens there."""
+        port = free_port()
+        output = _Collect(LISTENING)
+        process = reactor.spawnProcess(
+            output, sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "indiserver", "--port", f"127.0.0.1:{port}"],
+            env=child_env(), path=PACKAGE_ROOT,
+        )
+        listening = yield output.seen
+        self.assertEqual(int(listening.group(1)), port)
+        self.assertIn(f"listening on 127.0.0.1:{port}".encode(), output.output)
+        process.signalProcess("TERM")
+        yield output.ended
 
     @defer.inlineCallbacks
     def test_sigterm_with_unread_blob(self):
