@@ -385,7 +385,7 @@ def scenarios(smoke: bool) -> dict[str, Scenario]:
     return {
         "blob_stream_1": Scenario(blob_args, lambda s, p: stream(p, 1)),
         "blob_stream_4": Scenario(blob_args, lambda s, p: stream(p, 4)),
-        # Without enclen: with it, indiserver 1.9.9 wedges (PROTOCOL.md, defect 7)
+        # Without enclen: with it, indiserver 1.9.9 wedges (docs/benchmarks.rst)
         # and there would be nothing to compare with.
         "blob_stream_1_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1)),
         "blob_stream_4_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 4)),

@@ -21,7 +21,7 @@ cut into chunks, and these invariants are checked:
     bytes) and the same errors (class and reason), in the same order.
  4. Every emitted C{Message.raw} fed alone to a fresh parser yields exactly
     one message with the same raw bytes, tag and attributes, and a plain
-    expat parser with DTDs refused accepts it (DESIGN.md invariant 2).
+    expat parser with DTDs refused accepts it (docs/design.rst, invariant 2).
 
 Invariant 3 is checked twice: with the small limits, and with limits roomy
 enough that no size limit can trigger (so whole and split are also compared

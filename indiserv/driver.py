@@ -339,7 +339,7 @@ class DriverService(Service):
         return True
 
     def spawn(self) -> None:
-        """Start the program, on pipes (not a socket: see DESIGN.md)."""
+        """Start the program on pipes, in a process group of its own."""
         self._restart_call = None
         try:
             executable = find_driver(self.program)

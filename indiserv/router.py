@@ -3,7 +3,7 @@ The router: the one place that decides who receives each INDI message.
 
 Links hand it messages; it keeps the few facts routing needs (which link
 owns which device, who snoops what, each link's BLOB policy) and calls
-C{send} on the receivers.  The table it implements is in PROTOCOL.md.
+C{send} on the receivers.  The table it implements is in docs/protocol.rst.
 """
 
 from __future__ import annotations

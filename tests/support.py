@@ -104,7 +104,7 @@ def require_command(name: str) -> str:
 
 
 def load_example(name: str) -> Any:
-    """The module docs/examples/NAME.py, loaded from its file (docs/ is not a package)."""
+    """The module docs/examples/<name>.py, loaded from its file (docs/ is not a package)."""
     import importlib.util
 
     path = os.path.join(PACKAGE_ROOT, "docs", "examples", f"{name}.py")

@@ -7,7 +7,7 @@ bad input costs that peer.  A client is told why in an INDI C{message},
 disconnected and forgotten; a driver's or a remote server's bad output is
 logged and skipped to its next message.
 Either way a well-behaved client and driver on the same router never notice
-(DESIGN.md invariants 2 to 4).
+(docs/design.rst, invariants 2 to 4).
 
 Then property tests of L{Parser} over mixed streams (valid INDI,
 whitespace, declarations, hostile markup, garbage, cut anywhere), and the

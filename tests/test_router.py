@@ -1,5 +1,5 @@
 """
-Tests for L{indiserv.router.Router}: PROTOCOL.md's routing table, row by row.
+Tests for L{indiserv.router.Router}: docs/protocol.rst's routing table, row by row.
 """
 
 from __future__ import annotations
