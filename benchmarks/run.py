@@ -128,7 +128,6 @@ class Server:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{kind} did not start")
                 time.sleep(0.05)
-        time.sleep(0.3)  # let the driver start and define its properties
         self.idle_rss = self.memory("VmRSS")
 
     def memory(self, field: str) -> int:
@@ -172,8 +171,28 @@ def connect(port: int, hello: bytes = HELLO) -> socket.socket:
     return sock
 
 
-#: Seconds a client waits for more data before the run counts as wedged.
-READ_TIMEOUT = 30.0
+@dataclass
+class Waits:
+    """How long the harness waits, in seconds: shorter for --smoke."""
+
+    #: For more data, before the run counts as wedged.
+    read: float = 30.0
+    #: Of silence, after which a server has sent every definition it has.
+    silence: float = 1.0
+    #: For a server to hang up on a client that reads nothing.
+    cut: float = 5.0
+
+
+WAITS = Waits()
+SMOKE_WAITS = Waits(read=3.0, silence=0.3, cut=0.5)
+
+
+class Wedged(RuntimeError):
+    """The server stopped sending in the middle of a run."""
+
+
+#: The most clients each server takes at once, where it has a limit.
+CLIENT_CAPS = {"indipyserver": 10}
 #: One receive buffer for every read: allocating 4 MiB per call cost the
 #: round trip more than some servers do.
 _BUFFER = memoryview(bytearray(4 * MiB))
@@ -225,9 +244,10 @@ def drain(socks: list[socket.socket], watches: list[Watch], timeout: float | Non
     totals = [0] * len(socks)
     try:
         while selector.get_map():
-            events = selector.select(timeout or READ_TIMEOUT)
+            waited = timeout or WAITS.read
+            events = selector.select(waited)
             if not events:
-                raise RuntimeError(f"no more data within {timeout or READ_TIMEOUT:g} s (wedged?)")
+                raise Wedged(f"no more data within {waited:g} s")
             for key, _ in events:
                 try:
                     n = key.fileobj.recv_into(_BUFFER)
@@ -294,8 +314,8 @@ def definitions_of(port: int) -> int:
     sock = connect(port, b"<getProperties version='1.7'/>")
     watch = Watch(DEFINITION, count=10**9, key=property_of)
     try:
-        drain([sock], [watch], timeout=1.0)  # until a second of silence
-    except RuntimeError:
+        drain([sock], [watch], timeout=WAITS.silence)  # until a moment of silence
+    except Wedged:
         pass
     sock.close()
     return len(watch.found)
@@ -327,24 +347,26 @@ def slow_client(server: Server, port: int) -> dict[str, float]:
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     fast = connect(port)
     settle([fast])
+    server.idle_rss = server.memory("VmRSS")  # the driver's properties defined, nothing sent yet
     begin = time.perf_counter()
     fast.sendall(START)
     received = drain([fast], [Watch(DONE)])[0]
     elapsed = time.perf_counter() - begin
     slow_cut = _is_closed(slow)
     peak = server.memory("VmHWM")
+    idle = server.idle_rss
     slow.close()
     fast.close()
     return {
         "fast MB/s": received / MiB / elapsed,
-        "peak RSS over idle MB": (peak - server.idle_rss) / MiB,
+        "peak RSS over idle MB": (peak - idle) / MiB,
         "slow client cut": 1.0 if slow_cut else 0.0,
     }
 
 
 def _is_closed(sock: socket.socket) -> bool:
     """Whether the server hung up on C{sock} (after what it already sent)."""
-    sock.settimeout(5)
+    sock.settimeout(WAITS.cut)
     try:
         while True:
             if not sock.recv(4 * MiB):
@@ -370,6 +392,8 @@ class Scenario:
     #: Servers this scenario does not apply to.
     not_for: tuple[str, ...] = ()
     chained: bool = False
+    #: Clients connected at once.
+    clients: int = 1
 
 
 SIMULATORS = ["indi_simulator_telescope", "indi_simulator_ccd"]
@@ -381,33 +405,43 @@ def scenarios(smoke: bool) -> dict[str, Scenario]:
     numbers = 500 if smoke else 20000
     trips = 100 if smoke else 2000
     fan_out = 200 if smoke else 2000
+    # A server may still count the connection that asked for the
+    # definitions first: one more than the clients of the setup itself.
+    setups = 8 if smoke else 100
     slow_args = ["--blobs", str(10 if smoke else 100), "--size", str(MiB), "--no-enclen"]
     return {
         "blob_stream_1": Scenario(blob_args, lambda s, p: stream(p, 1)),
-        "blob_stream_4": Scenario(blob_args, lambda s, p: stream(p, 4)),
+        "blob_stream_4": Scenario(blob_args, lambda s, p: stream(p, 4), clients=4),
         # Without enclen: with it, indiserver 1.9.9 wedges (docs/benchmarks.rst)
         # and there would be nothing to compare with.
         "blob_stream_1_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1)),
-        "blob_stream_4_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 4)),
+        "blob_stream_4_no_enclen": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 4), clients=4),
         "updates_1": Scenario(["--blobs", "0", "--numbers", str(numbers)],
                               lambda s, p: updates(p, 1, numbers)),
         "updates_4": Scenario(["--blobs", "0", "--numbers", str(numbers)],
-                              lambda s, p: updates(p, 4, numbers)),
+                              lambda s, p: updates(p, 4, numbers), clients=4),
         "round_trip": Scenario(["--blobs", "0"], lambda s, p: round_trip(p, trips)),
         "fan_out_50": Scenario(["--blobs", "0", "--numbers", str(fan_out)],
-                               lambda s, p: updates(p, 50, fan_out)),
+                               lambda s, p: updates(p, 50, fan_out), clients=50),
         # The pump neither asks drivers for their properties nor serves two.
-        "connection_setup_100": Scenario([], lambda s, p: connection_setup(p, 10 if smoke else 100),
-                                         drivers=SIMULATORS, not_for=("twisted-pump",)),
+        "connection_setup_100": Scenario([], lambda s, p: connection_setup(p, setups),
+                                         drivers=SIMULATORS, not_for=("twisted-pump",),
+                                         clients=setups + 1),
         # Only indiserv and indiserver chain (--remote, device@host).
         "chained_blob_stream": Scenario(blob_args + ["--no-enclen"], lambda s, p: stream(p, 1),
                                         not_for=("indipyserver", "twisted-pump"), chained=True),
-        "slow_client": Scenario(slow_args, slow_client, max_queue_mb=32, not_for=("twisted-pump",)),
+        "slow_client": Scenario(slow_args, slow_client, max_queue_mb=32, not_for=("twisted-pump",),
+                                clients=2),
         "fast_client_alone": Scenario(slow_args, lambda s, p: stream(p, 1), max_queue_mb=32),
     }
 
 
 SERVERS = ["indiserv", "indiserver", "indipyserver", "twisted-pump"]
+
+#: What --smoke runs: every way of measuring once (and indiserver's wedge),
+#: so that the harness cannot rot, in well under 30 s with every server.
+SMOKE_SCENARIOS = ["blob_stream_1", "blob_stream_4_no_enclen", "updates_4", "round_trip", "fan_out_50",
+                   "connection_setup_100", "chained_blob_stream", "slow_client"]
 
 
 def run(scenario: Scenario, kind: str, workdir: str) -> dict[str, float]:
@@ -423,16 +457,22 @@ def run(scenario: Scenario, kind: str, workdir: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="indiserv benchmark")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one repetition, one scenario of each kind, short waits")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
     parser.add_argument("--server", action="append", choices=SERVERS, help="only these servers")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
     args = parser.parse_args()
     repeat = 1 if args.smoke else args.repeat
+    global WAITS
+    if args.smoke:
+        WAITS = SMOKE_WAITS
     chosen = scenarios(args.smoke)
     if args.scenario:
         chosen = {name: chosen[name] for name in args.scenario}
+    elif args.smoke:
+        chosen = {name: chosen[name] for name in SMOKE_SCENARIOS}
     servers = args.server or SERVERS
     missing = {kind: why for kind in servers if (why := available(kind))}
     for kind, why in missing.items():
@@ -445,16 +485,28 @@ def main() -> int:
             del chosen[name]
     results: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, dict[str, dict[str, object]]] = {}
+    # What a server is known not to do: said as such, not counted as failures.
+    outcomes: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="indiserv-bench-") as workdir:
         for name, scenario in chosen.items():
             results[name] = {}
             for kind in servers:
                 if kind in missing or kind in scenario.not_for:
                     continue
+                cap = CLIENT_CAPS.get(kind)
+                if cap is not None and scenario.clients > cap:
+                    outcomes.setdefault(name, {})[kind] = (
+                        f"refuses {scenario.clients - cap} of {scenario.clients} clients"
+                        f" (it takes at most {cap})")
+                    continue
                 runs = []
                 for _ in range(repeat):
                     try:
                         runs.append(run(scenario, kind, workdir))
+                    except Wedged as e:
+                        outcomes.setdefault(name, {})[kind] = f"wedged ({e})"
+                        print(f"{name} on {kind}: wedged ({e})", file=sys.stderr)
+                        break
                     except Exception as e:  # a peer that fails a scenario is reported, not fatal
                         why = f"{type(e).__name__}: {e}"
                         print(f"{name} on {kind}: failed ({why})", file=sys.stderr)
@@ -465,11 +517,11 @@ def main() -> int:
                     results[name][kind] = {
                         key: statistics.median(run[key] for run in runs) for key in runs[0]
                     }
-    report(results, failures)
+    report(results, failures, outcomes)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"machine": machine(), "repeat": repeat, "smoke": args.smoke,
-                   "results": results, "failures": failures}, f, indent=2)
+                   "results": results, "failures": failures, "outcomes": outcomes}, f, indent=2)
     return 0
 
 
@@ -483,11 +535,17 @@ def machine() -> dict[str, str]:
 
 
 def report(results: dict[str, dict[str, dict[str, float]]],
-           failures: dict[str, dict[str, dict[str, object]]]) -> None:
-    """Medians with the ratio to indiserver; failed runs counted, not hidden."""
+           failures: dict[str, dict[str, dict[str, object]]],
+           outcomes: dict[str, dict[str, str]]) -> None:
+    """
+    Medians with the ratio to indiserver; failed runs counted, not hidden;
+    what a server is known not to do (wedge, refuse clients) said as such.
+    """
     print(f"# machine: {machine()}")
     for name, by_server in results.items():
         print(f"\n## {name}")
+        for kind, outcome in outcomes.get(name, {}).items():
+            print(f"  {kind:14} {outcome}")
         base = by_server.get("indiserver", {})
         for kind, failed in failures.get(name, {}).items():
             print(f"  {kind:14} FAILED {failed['failed']} of {failed['of']}: {failed['reason']}")
