@@ -90,6 +90,81 @@ def network_namespace(testcase: TestCase):
 _namespaces = itertools.count(1)
 
 
+def short_directory(testcase: TestCase) -> str:
+    """
+    A directory of the test's own under the system's temp dir, removed when
+    the test ends: for unix sockets (and FIFOs whose socket is named after
+    them), whose names must fit in 108 bytes wherever the tests run.
+    """
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="indiserv-test-")
+    testcase.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
+def run_in_own_group(testcase: TestCase, argv: list[str], **spawn: Any) -> defer.Deferred:
+    """
+    Run C{argv} to its end in a process group of its own and fire with its
+    (stdout, stderr, exit code).  If the test ends first (a failure, a
+    timeout), the whole group is killed: nothing it started is left behind.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ProcessProtocol
+
+    from indiserv.driver import in_own_process_group
+
+    class Collect(ProcessProtocol):
+        def __init__(self) -> None:
+            self.out, self.err = [], []
+            self.ended: defer.Deferred = defer.Deferred()
+
+        def outReceived(self, data: bytes) -> None:
+            self.out.append(data)
+
+        def errReceived(self, data: bytes) -> None:
+            self.err.append(data)
+
+        def processEnded(self, reason: Any) -> None:
+            code = getattr(reason.value, "exitCode", None)
+            self.ended.callback((b"".join(self.out), b"".join(self.err), code))
+
+    collect = Collect()
+    executable, group_argv = in_own_process_group(argv[0], argv)
+    process = reactor.spawnProcess(collect, executable, group_argv, **spawn)
+
+    def kill_group() -> defer.Deferred:
+        try:
+            os.killpg(process.pid, 9)
+        except (ProcessLookupError, TypeError):
+            pass
+        return collect.ended
+
+    testcase.addCleanup(kill_group)
+    # The caller gets its own Deferred: the cleanup still waits on the end.
+    ended: defer.Deferred = defer.Deferred()
+    collect.ended.addCallback(lambda result: (ended.callback(result), result)[1])
+    return ended
+
+
+def kill_processes_naming(text: str) -> None:
+    """
+    SIGKILL every process of ours whose command line has C{text} (a test's
+    own directory): what a program under test started in a session of its
+    own (indiweb starts indiserver so) is gone when the test is.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if text.encode() in cmdline:
+                os.kill(int(entry), 9)
+        except OSError:
+            pass
+
+
 def require_command(name: str) -> str:
     """
     The path of the console script C{name} that installing indiserv puts

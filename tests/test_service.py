@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from datetime import datetime, timezone
 
 from twisted.application.service import MultiService
@@ -36,6 +34,7 @@ from .support import (
     logged_text,
     require_programs,
     serve,
+    short_directory,
 )
 from .test_driver import FakeProcessReactor
 from .test_tap import interrupted
@@ -438,6 +437,7 @@ class RunTests(TestCase):
         self.assertEqual(ended.exitCode, 0, output)
         self.assertEqual(len(drivers), 1)
         self.assertIn("run() returned", output)
+        self.assertNotIn("signal 2", output)
 
 
 class ExtraListenerTests(TestCase):
@@ -447,9 +447,7 @@ class ExtraListenerTests(TestCase):
 
     def socket_path(self) -> str:
         """A unix socket path short enough for sun_path (108 bytes), wherever the tests run."""
-        directory = tempfile.mkdtemp(prefix="indiserv-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        return os.path.join(directory, "sock")
+        return os.path.join(short_directory(self), "sock")
 
     @defer.inlineCallbacks
     def connect_unix(self, address: str):

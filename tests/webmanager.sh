@@ -19,6 +19,9 @@ PATH="$work/bin:$PATH"
 export PATH
 log="$work/indiserver.log"
 fifo="$work/indiFIFO"
+# The local socket's name (abstract on Linux) must fit in 108 bytes, which
+# $work, deep in trial's directory, may not: a short directory of its own.
+sockets=$(mktemp -d) || exit 1
 
 fail() {
     echo "FAIL: $*"
@@ -49,9 +52,15 @@ absent() { ! connect_of "$1" >/dev/null; }
 
 rm -f "$fifo"
 mkfifo "$fifo"
-indiserver -p "$port" -m 1000 -v -f "$fifo" -u "$work/sock" >"$log" 2>&1 &
+indiserver -p "$port" -m 1000 -v -f "$fifo" -u "$sockets/sock" >"$log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server"' EXIT
+trap 'kill "$server" 2>/dev/null; wait "$server"; rm -rf "$sockets"' EXIT
+
+# A line into the FIFO, as a web manager writes it; a writer would wait for
+# ever on a server that has gone, so this one waits 10 s at most.
+tell() {
+    timeout 10 sh -c 'printf "%s\n" "$1" >"$2"' _ "$1" "$fifo" || fail "the server did not read: $1"
+}
 
 # A web manager writes at once, the write waiting until the server reads;
 # here the server must be up first, or a failed start would hang the write.
@@ -62,8 +71,8 @@ eventually reading && kill -0 "$server" 2>/dev/null || fail "the server did not 
 comm=$(cat "/proc/$server/comm" 2>/dev/null) || comm="(gone)"
 [ "$comm" = indiserver ] || fail "the server's process name is $comm"
 
-echo "start indi_simulator_telescope -n \"Telescope Simulator\"" >"$fifo"
-echo "start indi_simulator_ccd" >"$fifo"
+tell 'start indi_simulator_telescope -n "Telescope Simulator"'
+tell "start indi_simulator_ccd"
 
 for device in "Telescope Simulator" "CCD Simulator"; do
     indi_eval -h 127.0.0.1 -p "$port" -t 30 "\"$device.CONNECTION.CONNECT\"==0" >/dev/null ||
@@ -75,7 +84,7 @@ expected="CCD Simulator.CONNECTION.CONNECT=Off
 Telescope Simulator.CONNECTION.CONNECT=Off"
 [ "$lines" = "$expected" ] || fail "indi_getprop printed: $lines"
 
-echo "stop indi_simulator_ccd" >"$fifo"
+tell "stop indi_simulator_ccd"
 eventually logged "indi_simulator_ccd stopped" || fail "indi_simulator_ccd was not stopped"
 # Each absent check waits out indi_getprop's full second: together they
 # outlast the first restart delay (1 s), so a restarted CCD would show.
