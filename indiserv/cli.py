@@ -21,6 +21,7 @@ as they are, with their value as the next argument or after C{=}.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import re
@@ -229,6 +230,27 @@ def serve(reactor: Any, server: IndiServer) -> defer.Deferred[None]:
     return server.stopped
 
 
+#: prctl's PR_SET_NAME (linux/prctl.h): the name ps, pkill and psutil show.
+_PR_SET_NAME = 15
+
+
+def name_process(program: str) -> None:
+    """
+    Call this process C{program} where tools look for it by name (Linux's
+    C{comm}: C{ps}, C{pkill indiserver}, indiwebmanager's psutil).  A
+    console script usually has its own name there; installed under a long
+    path (over 127 bytes), pip starts it through C{/bin/sh}, and it would
+    be called C{python}.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(program.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # a libc without prctl: the name stays as it is
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """The C{indiserv} console script: C{indiserv [options] driver [driver ...]}."""
     argv = list(sys.argv if argv is None else argv)
@@ -245,6 +267,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except usage.UsageError as e:
         sys.stderr.write(f"{program}: {e}\n{usage_text(program)}")
         sys.exit(2)
+    name_process(program)
     globalLogBeginner.beginLoggingTo(
         [indiserver_observer(sys.stderr, options["verbose"])], redirectStandardIO=False
     )

@@ -599,6 +599,19 @@ class CommandTests(TestCase):
         self.assertNotIn(b"Traceback", watch.output)
 
     @defer.inlineCallbacks
+    def test_named_as_started(self):
+        """The process takes the name it was started under, where ps, pkill and psutil look (pip starts scripts under long paths through sh)."""
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("process names are set on Linux only")
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-c", "from indiserv.cli import name_process; name_process('indiserver');"
+                   " print(open('/proc/self/comm').read().strip())"],
+            env=self.env,
+        )
+        self.assertEqual((out.decode().strip(), code), ("indiserver", 0), err)
+
+    @defer.inlineCallbacks
     def test_python_m_indiserv(self):
         """python -m indiserv is the indiserv command."""
         out, err, code = yield getProcessOutputAndValue(

@@ -15,7 +15,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 import indiserv
 
-from .support import PACKAGE_ROOT, REQUIRE_INTEROP
+from .codeblocks import Block, blocks as code_blocks
+from .support import PACKAGE_ROOT, REQUIRE_INTEROP, child_env, run_in_own_group
 
 
 class DocsTests(TestCase):
@@ -92,3 +93,44 @@ class ReferenceTests(SynchronousTestCase):
                         stale.append(f"{where}: {named}")
         self.assertGreater(scanned, 50)
         self.assertEqual(stale, [])
+
+
+class CodeBlockTests(TestCase):
+    """Every code block of README.md and docs/ runs as written (see tests/codeblocks.py)."""
+
+    timeout = 120
+
+    def test_every_block_classified(self) -> None:
+        """Each block is shell, Python or text, so that none escapes the checks below."""
+        found = list(code_blocks(PACKAGE_ROOT))
+        self.assertGreater(len(found), 20)
+        self.assertEqual([f"{b.path}:{b.line} {b.language!r}" for b in found if b.language not in ("sh", "python", "text")], [])
+
+
+def _block_test(block: Block):
+    @defer.inlineCallbacks
+    def test(self: TestCase):
+        out, err, code = yield run_in_own_group(
+            self, [sys.executable, "-m", "tests.codeblocks", block.path, str(block.line)],
+            env=child_env(), path=PACKAGE_ROOT,
+        )
+        self.assertEqual(code, 0, (out + err).decode("utf-8", "replace"))
+
+    how = "is checked for syntax" if block.marked else "runs as written"
+    test.__doc__ = f"The {block.language} block at {block.path}:{block.line} {how}."
+    return test
+
+
+def _add_block_tests() -> None:
+    if not os.path.isdir(os.path.join(PACKAGE_ROOT, "docs")):
+        return  # an installed copy, without its docs
+    for block in code_blocks(PACKAGE_ROOT):
+        if block.language == "text" or _TEST_COMMAND in block.text:
+            continue  # not code; the test command itself is what .ci/run runs
+        name = re.sub(r"\W+", "_", f"test_{block.path}_{block.line}")
+        setattr(CodeBlockTests, name, _block_test(block))
+
+
+#: README's test command: the block .ci/run runs.
+_TEST_COMMAND = "python -m twisted.trial tests"
+_add_block_tests()
