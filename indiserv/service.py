@@ -635,6 +635,7 @@ class IndiServer(MultiService):
         """
         if not self._stop:
             self._stop = True
+            self.log.info("shutting down: {why}", why=shutdownmessage or "shutdown() was called")
             self.send_message(shutdownmessage or SHUTDOWN_TEXT)
             if self.running:
                 defer.maybeDeferred(self.stopService).addBoth(self._fire_stopped)
@@ -656,6 +657,7 @@ class IndiServer(MultiService):
         if not self._stop:
             # Stopped from outside (twistd on SIGTERM, a parent service).
             self._stop = True
+            self.log.info("shutting down: the program is stopping the server")
             self.send_message(SHUTDOWN_TEXT)
         # Connections still to be admitted were told nothing, and need not be.
         self.factory.close_pending()

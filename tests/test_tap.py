@@ -20,6 +20,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+import indiserv
 from indiserv.control import FifoControl
 from indiserv.daylog import DayLog
 from indiserv.driver import in_own_process_group
@@ -353,6 +354,14 @@ class TwistdSmokeTests(TestCase):
         yield output.ended
         yield client.lost
         self.assertIn(b"indiserv-simulator: serving device", output.output)
+        # In words: which server, where, which drivers; and at the end, why.
+        text = output.output.decode()
+        port = listening.group(1).decode()
+        for said in (f"indiserv {indiserv.__version__} starting (INDI protocol 1.7, Twisted ",
+                     f"listening on 127.0.0.1:{port}\n", "started indiserv-test-simulator (pid ",
+                     "Received SIGTERM, shutting down.", "shutting down: the program is stopping the server"):
+            self.assertIn(said, text)
+        self.assertNotIn("IPv4Address", text)
 
     @defer.inlineCallbacks
     def test_ctrl_c(self):
