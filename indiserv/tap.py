@@ -39,6 +39,15 @@ def version_text() -> str:
     return f"indiserv {indiserv.__version__} (INDI protocol 1.7, Twisted {twisted.__version__})"
 
 
+def _one_paragraph(method: Any) -> Any:
+    """
+    usage.Options shows an C{opt_} method's docstring as its help: as one
+    paragraph, or its line breaks and indentation show as gaps.
+    """
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
+
+
 class Options(usage.Options):
     synopsis = "[options] DRIVER|[DEVICE]@HOST[:PORT] ..."
     longdesc = (
@@ -228,6 +237,7 @@ class Options(usage.Options):
         print(version_text())
         sys.exit(0)
 
+    @_one_paragraph
     def opt_peer(self, address: str) -> None:
         """
         Trust the server linking here as a client from this address or
@@ -235,6 +245,7 @@ class Options(usage.Options):
         """
         self["peers"].append(address)
 
+    @_one_paragraph
     def opt_remote(self, spec: str) -> None:
         """
         Link to another INDI server: [device@]host[:port], or a Twisted
@@ -242,6 +253,7 @@ class Options(usage.Options):
         """
         self["remotes"].append(_remote(spec))
 
+    @_one_paragraph
     def opt_ipydriver(self, spec: str) -> None:
         """
         Serve an indipydriver IPyDriver in process: MODULE:FACTORY names a

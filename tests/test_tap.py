@@ -40,6 +40,15 @@ def parse(*argv: str) -> Options:
 
 
 class OptionsTests(SynchronousTestCase):
+    def test_help_has_no_gaps(self) -> None:
+        """--help's text reads as sentences: no gaps left by docstrings' line breaks."""
+        text = str(Options())
+        self.assertIn("MODULE:FACTORY names a callable", " ".join(text.split()))
+        for line in text.splitlines():
+            # A gap between two words of a sentence (the option column ends
+            # before a capital).
+            self.assertNotRegex(line, r"[a-z,] {2,}[a-z(]", line)
+
     def test_version(self) -> None:
         """--version prints indiserv's version (not only Twisted's) and exits 0."""
         stdout = io.StringIO()
