@@ -248,10 +248,16 @@ class EmbeddingTests(TestCase):
         yield self.assertFailure(connect_client(indi.port), ConnectionRefusedError)
 
 
+# A driver that ignores SIGTERM.  It answers each getProperties (the
+# server's at its start, a client's) with its definition, so a client that
+# asks after the first is sent still gets one; its input closed, it stays.
 IGNORES_TERM = (
-    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-    " sys.stdout.write(\"<defTextVector device='Stubborn' name='T'><defText name='A'/></defTextVector>\");"
-    " sys.stdout.flush(); time.sleep(600)"
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "while os.read(0, 65536):\n"
+    "    sys.stdout.write(\"<defTextVector device='Stubborn' name='T'><defText name='A'/></defTextVector>\")\n"
+    "    sys.stdout.flush()\n"
+    "time.sleep(600)\n"
 )
 
 
