@@ -90,8 +90,13 @@ class DriverNotFound(Exception):
 #: sends to the server's group does not reach it (the server stops its
 #: drivers itself, and a driver dying of that SIGINT would be taken for a
 #: crash).  Twisted's spawnProcess has no such option; the driver keeps
-#: its pid and its argv.
-NEW_PROCESS_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[2:])"
+#: its pid and its argv.  Python ignores SIGPIPE and SIGXFSZ, and an exec
+#: would pass that on: the driver gets them back as Twisted gives them.
+NEW_PROCESS_GROUP = (
+    "import os, signal, sys; os.setpgid(0, 0);"
+    " [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGPIPE, signal.SIGXFSZ)];"
+    " os.execv(sys.argv[1], sys.argv[2:])"
+)
 
 
 def in_own_process_group(executable: str, argv: list[str]) -> tuple[str, list[str]]:

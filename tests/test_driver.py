@@ -282,6 +282,17 @@ class RealDriverTests(TestCase):
             self.assertEqual(f.read().split(b"\0")[:-1], [arg.encode() for arg in SIMULATOR])
 
     @defer.inlineCallbacks
+    def test_signals_as_twisted_gives_them(self):
+        """The driver ignores no signal it did not ask to (the Python that puts it in its process group ignores SIGPIPE and SIGXFSZ)."""
+        report = (
+            "printf '<message device=\"Signals\" message=\"%s\"/>' \"$(grep SigIgn /proc/$$/status)\"; exec cat"
+        )
+        service, client = self.start("/bin/sh", "-c", report)
+        said = yield client.wait_for(lambda m: m.device == "Signals")
+        ignored = int(said.attrs["message"].split()[1], 16)
+        self.assertFalse(ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), hex(ignored))
+
+    @defer.inlineCallbacks
     def test_stderr_logged_with_name(self):
         """Each stderr line of the driver is logged with the driver's name."""
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
