@@ -45,7 +45,7 @@ def require_programs(*programs: str) -> None:
     """
     missing = [program for program in programs if shutil.which(program) is None]
     if missing:
-        _cannot_run(f"needs {', '.join(missing)} (Debian package indi-bin)")
+        cannot_run(f"needs {', '.join(missing)} (Debian package indi-bin)")
 
 
 def require_module(name: str, install: str) -> None:
@@ -53,10 +53,10 @@ def require_module(name: str, install: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(name) is None:
-        _cannot_run(f"needs the Python module {name} ({install})")
+        cannot_run(f"needs the Python module {name} ({install})")
 
 
-def _cannot_run(why: str) -> NoReturn:
+def cannot_run(why: str) -> NoReturn:
     """Skip the test for C{why}, or fail it where CI demands interop."""
     if REQUIRE_INTEROP:
         raise AssertionError(f"INDISERV_REQUIRE_INTEROP=1 but this test {why}")
@@ -74,11 +74,11 @@ def network_namespace(testcase: TestCase):
     from twisted.internet.utils import getProcessOutputAndValue
 
     if shutil.which("ip") is None:
-        _cannot_run("needs ip (Debian package iproute2)")
+        cannot_run("needs ip (Debian package iproute2)")
     name = f"indiserv-test-{os.getpid()}-{next(_namespaces)}"
     out, err, code = yield getProcessOutputAndValue("ip", ["netns", "add", name])
     if code != 0:
-        _cannot_run(f"needs a network namespace of its own (as root): {err.decode().strip()}")
+        cannot_run(f"needs a network namespace of its own (as root): {err.decode().strip()}")
     testcase.addCleanup(getProcessOutputAndValue, "ip", ["netns", "delete", name])
     out, err, code = yield getProcessOutputAndValue(
         "ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"]
@@ -133,17 +133,26 @@ def run_in_own_group(testcase: TestCase, argv: list[str], **spawn: Any) -> defer
     executable, group_argv = in_own_process_group(argv[0], argv)
     process = reactor.spawnProcess(collect, executable, group_argv, **spawn)
 
+    # The caller gets its own Deferred, fired only while the test runs (one
+    # that timed out has finished with it); the cleanup waits on the end.
+    ended: defer.Deferred = defer.Deferred()
+    test_over = []
+
     def kill_group() -> defer.Deferred:
+        test_over.append(True)
         try:
             os.killpg(process.pid, 9)
         except (ProcessLookupError, TypeError):
             pass
         return collect.ended
 
+    def report(result: Any) -> Any:
+        if not test_over:
+            ended.callback(result)
+        return result
+
     testcase.addCleanup(kill_group)
-    # The caller gets its own Deferred: the cleanup still waits on the end.
-    ended: defer.Deferred = defer.Deferred()
-    collect.ended.addCallback(lambda result: (ended.callback(result), result)[1])
+    collect.ended.addCallback(report)
     return ended
 
 
@@ -174,7 +183,7 @@ def require_command(name: str) -> str:
     beside = os.path.join(os.path.dirname(sys.executable), name)
     path = beside if os.access(beside, os.X_OK) else shutil.which(name)
     if path is None:
-        _cannot_run(f"needs the {name} command (pip install .)")
+        cannot_run(f"needs the {name} command (pip install .)")
     return path
 
 
