@@ -10,11 +10,12 @@ manner.  Installed under the name C{indiserver} (see docs/operations.rst),
 it stands in for indiserver without any change to those tools.
 
 C{-h}/C{--help} prints the usage and C{--version} the version, each on
-stdout with exit status 0.  As with indiserver: options come first, and parsing stops at the first
-argument that does not begin with C{-}; letters may be combined, each
-taking its value from the next argument (C{-vvm 64}); clients may connect
-on every interface; an unknown option, or neither a driver nor C{-f},
-prints the usage and exits with status 2.  The plugin's long options,
+stdout with exit status 0.  As with indiserver: options come first, and
+parsing stops at the first argument that does not begin with C{-}; letters
+may be combined, each taking its value from the next argument (C{-vvm 64});
+clients may connect on every interface; an unknown option, or neither a
+driver nor C{-f}, prints the usage and exits with status 2.  The plugin's
+long options,
 which indiserver does not have (C{--peer}, C{--grace} ...), pass through
 as they are, with their value as the next argument or after C{=}.
 """

@@ -164,7 +164,7 @@ class Reader:
     # shell -------------------------------------------------------------------
 
     def shell(self, script: str) -> None:
-        commands = [c for c in _commands(script)]
+        commands = list(_commands(script))
         if not any(_is_server(c) for c in commands):
             # Clients alone: a server with the demo driver to talk to.
             self.serve(f"twistd -n --pidfile= indiserver --port {self.ports['7624']}"

@@ -375,11 +375,26 @@ def open_fds() -> int:
 
 def rss_bytes() -> int:
     """This process's resident memory now."""
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (since it was last reset)."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def message_from(raw: bytes) -> Message:
+    """The one message C{raw} holds, framed as a link frames it."""
+    (message,) = Parser().feed(raw)
+    return message
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:

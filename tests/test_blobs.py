@@ -7,37 +7,33 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from indiserv.blobs import ALSO, NEVER, ONLY, BlobPolicy, BlobPolicyFull
-from indiserv.wire import Message, Parser
+from indiserv.wire import Message
 
+from .support import message_from
 
-def parse(raw: bytes) -> Message:
-    (message,) = Parser().feed(raw)
-    return message
-
-
-BLOB = parse(
+BLOB = message_from(
     b"<setBLOBVector device='CCD' name='CCD1'><oneBLOB name='CCD1' size='1'"
     b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
 )
-OTHER_BLOB = parse(
+OTHER_BLOB = message_from(
     b"<setBLOBVector device='CCD' name='CCD2'><oneBLOB name='CCD2' size='1'"
     b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
 )
-BLOB_OF_OTHER_DEVICE = parse(
+BLOB_OF_OTHER_DEVICE = message_from(
     b"<setBLOBVector device='Cam' name='CCD1'><oneBLOB name='CCD1' size='1'"
     b" format='.fits'>QQ==</oneBLOB></setBLOBVector>"
 )
-EMPTY_BLOB = parse(b"<setBLOBVector device='CCD' name='CCD1' state='Busy'></setBLOBVector>")
-DEF_BLOB = parse(
+EMPTY_BLOB = message_from(b"<setBLOBVector device='CCD' name='CCD1' state='Busy'></setBLOBVector>")
+DEF_BLOB = message_from(
     b"<defBLOBVector device='CCD' name='CCD1' perm='ro' state='Idle'>"
     b"<defBLOB name='CCD1'/></defBLOBVector>"
 )
-NUMBER = parse(
+NUMBER = message_from(
     b"<setNumberVector device='CCD' name='CCD_EXPOSURE'><oneNumber name='V'>1"
     b"</oneNumber></setNumberVector>"
 )
-DEVICE_MESSAGE = parse(b"<message device='CCD' message='hi'/>")
-SERVER_MESSAGE = parse(b"<message message='hi'/>")
+DEVICE_MESSAGE = message_from(b"<message device='CCD' message='hi'/>")
+SERVER_MESSAGE = message_from(b"<message message='hi'/>")
 
 ALL = [BLOB, EMPTY_BLOB, DEF_BLOB, NUMBER, DEVICE_MESSAGE, SERVER_MESSAGE]
 

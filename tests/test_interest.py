@@ -9,41 +9,37 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from indiserv.interest import Interest
-from indiserv.wire import Message, Parser
+from indiserv.wire import Message
 
+from .support import message_from
 
-def parse(raw: bytes) -> Message:
-    (message,) = Parser().feed(raw)
-    return message
+GET_ALL = message_from(b"<getProperties version='1.7'/>")
+GET_STAR = message_from(b"<getProperties version='1.7' device='*'/>")
+GET_CCD = message_from(b"<getProperties version='1.7' device='CCD'/>")
+GET_CCD_TEMPERATURE = message_from(b"<getProperties version='1.7' device='CCD' name='TEMPERATURE'/>")
+GET_MOUNT = message_from(b"<getProperties version='1.7' device='Mount'/>")
 
-
-GET_ALL = parse(b"<getProperties version='1.7'/>")
-GET_STAR = parse(b"<getProperties version='1.7' device='*'/>")
-GET_CCD = parse(b"<getProperties version='1.7' device='CCD'/>")
-GET_CCD_TEMPERATURE = parse(b"<getProperties version='1.7' device='CCD' name='TEMPERATURE'/>")
-GET_MOUNT = parse(b"<getProperties version='1.7' device='Mount'/>")
-
-CCD_TEMPERATURE = parse(
+CCD_TEMPERATURE = message_from(
     b"<setNumberVector device='CCD' name='TEMPERATURE'><oneNumber name='T'>1"
     b"</oneNumber></setNumberVector>"
 )
-CCD_EXPOSURE = parse(
+CCD_EXPOSURE = message_from(
     b"<setNumberVector device='CCD' name='EXPOSURE'><oneNumber name='E'>1"
     b"</oneNumber></setNumberVector>"
 )
-MOUNT_COORDINATES = parse(
+MOUNT_COORDINATES = message_from(
     b"<setNumberVector device='Mount' name='EQ'><oneNumber name='RA'>1"
     b"</oneNumber></setNumberVector>"
 )
-MOUNT_PARK = parse(
+MOUNT_PARK = message_from(
     b"<setSwitchVector device='Mount' name='PARK'><oneSwitch name='P'>On"
     b"</oneSwitch></setSwitchVector>"
 )
-CCD_MESSAGE = parse(b"<message device='CCD' message='cooling'/>")
-CCD_GONE = parse(b"<delProperty device='CCD'/>")
-CCD_TEMPERATURE_GONE = parse(b"<delProperty device='CCD' name='TEMPERATURE'/>")
-CCD_EXPOSURE_GONE = parse(b"<delProperty device='CCD' name='EXPOSURE'/>")
-NOTICE = parse(b"<message message='server going down'/>")
+CCD_MESSAGE = message_from(b"<message device='CCD' message='cooling'/>")
+CCD_GONE = message_from(b"<delProperty device='CCD'/>")
+CCD_TEMPERATURE_GONE = message_from(b"<delProperty device='CCD' name='TEMPERATURE'/>")
+CCD_EXPOSURE_GONE = message_from(b"<delProperty device='CCD' name='EXPOSURE'/>")
+NOTICE = message_from(b"<message message='server going down'/>")
 
 
 class SmallInterest(Interest):
@@ -127,8 +123,8 @@ class InterestTests(SynchronousTestCase):
     def test_any_message_naming_a_device_adds_it(self) -> None:
         """new*Vector and enableBLOB add the property they name."""
         interest = told(
-            parse(b"<newSwitchVector device='Mount' name='PARK'><oneSwitch name='P'>On</oneSwitch></newSwitchVector>"),
-            parse(b"<enableBLOB device='CCD' name='TEMPERATURE'>Only</enableBLOB>"),
+            message_from(b"<newSwitchVector device='Mount' name='PARK'><oneSwitch name='P'>On</oneSwitch></newSwitchVector>"),
+            message_from(b"<enableBLOB device='CCD' name='TEMPERATURE'>Only</enableBLOB>"),
         )
         self.assertTrue(interest.wants(MOUNT_PARK))
         self.assertFalse(interest.wants(MOUNT_COORDINATES))
@@ -137,20 +133,20 @@ class InterestTests(SynchronousTestCase):
 
     def test_messages_without_device_add_nothing(self) -> None:
         """enableBLOB and pingRequest without a device open nothing."""
-        interest = told(parse(b"<enableBLOB>Also</enableBLOB>"), parse(b"<pingRequest uid='1'/>"))
+        interest = told(message_from(b"<enableBLOB>Also</enableBLOB>"), message_from(b"<pingRequest uid='1'/>"))
         self.assertFalse(interest.everything)
         self.assertFalse(interest.wants(CCD_EXPOSURE))
 
     def test_empty_device_is_no_device(self) -> None:
         """device='' counts as no device, as with indiserver."""
-        interest = told(parse(b"<getProperties version='1.7' device=''/>"))
+        interest = told(message_from(b"<getProperties version='1.7' device=''/>"))
         self.assertTrue(interest.everything)
 
     def test_bounded(self) -> None:
         """Past max_entries the client hears every device: the table stops growing, and nothing it asked for is lost."""
         interest = SmallInterest()
         results = [
-            interest.hear(parse(b"<getProperties version='1.7' device='D%d'/>" % number))
+            interest.hear(message_from(b"<getProperties version='1.7' device='D%d'/>" % number))
             for number in range(5)
         ]
         self.assertEqual(results, [True, True, True, False, True])

@@ -103,6 +103,13 @@ class InteropTestCase(TestCase):
             f.write(SNOOPER)
         return f"{sys.executable} {script}"
 
+    @defer.inlineCallbacks
+    def snoop_seen(self, client):
+        """Once C{client} sees the telescope, have it connected; fire when the SNOOPER reports its coordinates."""
+        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
+        client.say(connect(TELESCOPE))
+        yield client.wait_for(snooped_coordinates)
+
     def snooper_program(self) -> str:
         """The SNOOPER driver as one executable, for indiserver (which takes no arguments)."""
         script = os.path.abspath(self.mktemp())
@@ -310,9 +317,7 @@ class SnoopTests(InteropTestCase):
         """A snooping driver receives its snooped telescope property and nothing else."""
         server = yield self.indiserv("indi_simulator_telescope", "indi_simulator_ccd", self.snooper())
         client = yield self.client_of(server)
-        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(connect(TELESCOPE))
-        yield client.wait_for(snooped_coordinates)
+        yield self.snoop_seen(client)
         # Also connect the CCD, whose traffic the snooper must not see.
         client.say(connect(CCD))
         yield client.wait_for(lambda m: m.device == CCD and m.name == "CCD_EXPOSURE")
@@ -420,9 +425,7 @@ class RemoteInteropTests(InteropTestCase):
         b = yield self.indiserv("indi_simulator_telescope")
         a = yield self.indiserv(self.snooper(), remotes=(b.port,))
         client = yield self.client_of(a)
-        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(connect(TELESCOPE))
-        yield client.wait_for(snooped_coordinates)
+        yield self.snoop_seen(client)
 
     @defer.inlineCallbacks
     def test_ccd_image_crosses_only_with_blob_enable(self):
@@ -627,9 +630,7 @@ class RemoteSnoopTests(InteropTestCase):
         client = yield connect_client(port)
         self.addCleanup(client.transport.loseConnection)
         client.say(b"<getProperties version='1.7'/>")
-        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(connect(TELESCOPE))
-        yield client.wait_for(snooped_coordinates)
+        yield self.snoop_seen(client)
 
     @defer.inlineCallbacks
     def test_driver_on_indiserv_snoops_indiserver(self):
@@ -637,9 +638,7 @@ class RemoteSnoopTests(InteropTestCase):
         below = yield self.indiserver("indi_simulator_telescope")
         server = yield self.indiserv(self.snooper(), remotes=(below,))
         client = yield self.client_of(server)
-        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(connect(TELESCOPE))
-        yield client.wait_for(snooped_coordinates)
+        yield self.snoop_seen(client)
 
     @defer.inlineCallbacks
     def test_driver_on_b_snoops_device_on_a(self):
@@ -647,6 +646,4 @@ class RemoteSnoopTests(InteropTestCase):
         b = yield self.indiserv(self.snooper(), peers=["127.0.0.2"])
         yield self.indiserv("indi_simulator_telescope", remotes=(b.port,), bind="127.0.0.2")
         client = yield self.client_of(b)
-        yield client.wait_for(lambda m: m.device == TELESCOPE and m.name == "CONNECTION")
-        client.say(connect(TELESCOPE))
-        yield client.wait_for(snooped_coordinates)
+        yield self.snoop_seen(client)

@@ -23,6 +23,7 @@ from .support import (
     child_processes,
     connect_client,
     open_fds,
+    peak_rss_bytes,
     rss_bytes,
     serve,
 )
@@ -192,13 +193,6 @@ def reset_peak_rss() -> None:
         raise SkipTest(f"cannot reset the peak resident memory: {e}")
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory since L{reset_peak_rss}."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class _Reader(Protocol):

@@ -23,7 +23,6 @@ from indiserv.client import ClientProtocol
 from indiserv.service import SHUTDOWN_TEXT, endpoint_description, listen_problem, unix_description
 
 from .support import (
-    PACKAGE_ROOT,
     attached_client,
     child_env,
     child_processes,
